@@ -1,0 +1,1 @@
+"""bayesinv.methods."""

@@ -1,0 +1,1 @@
+"""Ready-made inverse problems (installed as ``bayesinv.models``)."""
