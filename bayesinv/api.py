@@ -1,0 +1,147 @@
+r"""The public entry points: :func:`infer` and :func:`fit`."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Callable, Mapping
+
+from bayesinv._arviz import az
+
+from bayesinv.idata import to_inference_data
+from bayesinv.problem import Problem, ProblemError, as_problem
+from bayesinv.registry import MethodSpec, get_method
+
+__all__ = ["infer", "fit"]
+
+
+def _check_options(spec: MethodSpec, options: Mapping[str, Any], fn: Callable | None = None) -> None:
+    if spec.accepts_any_option and fn is None:
+        return
+    allowed = set(spec.option_names)
+    unknown = sorted(k for k in options if k not in allowed)
+    if unknown:
+        raise ProblemError(
+            f"method {spec.name!r} has no option(s) {unknown}; its options are {sorted(allowed)}"
+        )
+
+
+def infer(
+    model: Callable | Problem,
+    y: Any,
+    method: str = "importance",
+    *,
+    num_samples: int = 1000,
+    seed: int | None = 0,
+    target: str | list[str] | None = None,
+    dims: Mapping[str, list[str]] | None = None,
+    coords: Mapping[str, Any] | None = None,
+    observed: list[str] | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> az.InferenceData:
+    r"""Draws from the posterior of ``model`` given the observation ``y``.
+
+    Arguments:
+        model: A Pyro model ``model(y=None)`` whose observed site(s) receive ``obs=y``.
+        y: The observation: an array/tensor for one observed site, or a dict keyed by
+            observed site name.
+        method: A registered method: ``"importance"``, ``"nuts"``, ``"mcmc"``, or an
+            amortized method such as ``"cond_score"`` (fitted, then sampled).
+        num_samples: Posterior draws (per chain for MCMC methods).
+        seed: The seed; the same seed gives the same draws.
+        target: Site(s) to return. Default: every latent and deterministic site for
+            sampling methods, every latent site for amortized methods.
+        dims: Site name → names of its dims (ArviZ ``dims``).
+        coords: Dim name → coordinate values.
+        observed: Observed site names, for models where they cannot be found automatically.
+        progress: Show progress bars (``None``: on a terminal).
+        options: Options of the method (see its docstring).
+
+    Returns:
+        An :class:`arviz.InferenceData` with groups ``posterior``, ``observed_data`` and
+        ``sample_stats``; ``attrs`` record the method, its options, timings and the seed.
+
+    Example:
+        >>> idata = bayesinv.infer(model, y_obs, method="importance", num_samples=4000)
+        >>> az.summary(idata)
+    """
+    problem = as_problem(model, observed=observed)
+    spec = get_method(method)
+    y_checked, batch_shape = problem.check_y(y)
+    if batch_shape:
+        raise ProblemError(
+            f"infer() takes one observation; got a batch of shape {batch_shape}. Use"
+            " fit(...).infer(y) of an amortized method for many observations"
+        )
+    if spec.needs_likelihood:
+        problem.require_likelihood(method)
+    if spec.needs_gradients:
+        problem.require_differentiable(method)
+    if spec.amortized:
+        fit_names = set(spec.option_names)
+        fit_options = {k: v for k, v in options.items() if k in fit_names}
+        sample_options = {k: v for k, v in options.items() if k not in fit_names}
+        t0 = time.perf_counter()
+        posterior = spec.fn(problem, target=problem.resolve_target(target), seed=seed, progress=progress, **fit_options)
+        fit_time = time.perf_counter() - t0
+        idata = posterior.infer(y, num_samples=num_samples, seed=seed, dims=dims, coords=coords, **sample_options)
+        for group in idata.groups():
+            idata[group].attrs["fit_time_s"] = fit_time
+        return idata
+    _check_options(spec, options)
+    names = problem.resolve_target(target, default="all")
+    t0 = time.perf_counter()
+    draws = spec.fn(problem, y_checked, num_samples=num_samples, seed=seed, target=names, progress=progress, **options)
+    sample_time = time.perf_counter() - t0
+    attrs = {"sample_time_s": sample_time, "fit_time_s": 0.0, "num_simulations": 0}
+    attrs.update(draws.attrs)
+    return to_inference_data(
+        draws.posterior,
+        observed={k: v for k, v in y_checked.items()},
+        sample_stats=draws.sample_stats,
+        method=method,
+        options={"num_samples": num_samples, **options},
+        seed=seed,
+        dims=dims,
+        coords=coords,
+        attrs=attrs,
+    )
+
+
+def fit(
+    model: Callable | Problem,
+    method: str = "cond_score",
+    *,
+    target: str | list[str] | None = None,
+    seed: int | None = 0,
+    observed: list[str] | None = None,
+    progress: bool | None = None,
+    **options: Any,
+):
+    r"""Trains an amortized posterior q(target | y) on simulations of ``model``.
+
+    Arguments:
+        model: A Pyro model ``model(y=None)``.
+        method: An amortized method (``"cond_score"``, ``"flow"``, ``"vae"``, ...).
+        target: Site(s) the posterior learns (default: every latent site).
+        seed: The seed.
+        observed: Observed site names, for models where they cannot be found automatically.
+        progress: Show progress bars (``None``: on a terminal).
+        options: Options of the method, e.g. ``num_simulations=`` or ``data=``.
+
+    Returns:
+        A posterior object with ``sample(y, n)``, ``infer(y, ...)`` and ``save(path)``.
+    """
+    problem = as_problem(model, observed=observed)
+    spec = get_method(method)
+    if not spec.amortized:
+        raise ProblemError(
+            f"method {method!r} is not amortized: use infer(model, y, method={method!r}) instead of fit()"
+        )
+    _check_options(spec, options)
+    params = inspect.signature(spec.fn).parameters
+    kwargs = {"target": problem.resolve_target(target), "seed": seed}
+    if "progress" in params:
+        kwargs["progress"] = progress
+    return spec.fn(problem, **kwargs, **options)

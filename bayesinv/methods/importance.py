@@ -1,0 +1,233 @@
+r"""Self-normalised importance sampling: the reference posterior for any likelihood.
+
+With proposals θ_i ~ q (the prior by default), weights w_i = p(y | θ_i) p(θ_i) / q(θ_i)
+and ESS = (Σ w)² / Σ w²; posterior draws are a multinomial resample of the proposals.
+
+The run is chunked: proposals are drawn, weighted and resampled chunk by chunk with a
+streaming multinomial resampler, so memory stays bounded for millions of proposals.
+``data=`` reuses a dataset made by :func:`bayesinv.simulate` (its latent values and
+noise-free simulator outputs), so an expensive simulator is not run again.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+
+from bayesinv.methods._util import chunk_seed, progress_bar
+from bayesinv.problem import Problem, ProblemError, run_batch
+from bayesinv.registry import Draws, register_method
+
+__all__ = ["importance", "ImportanceWarning"]
+
+
+class ImportanceWarning(UserWarning):
+    r"""The effective sample size is too small to trust the importance-sampling posterior."""
+
+
+class _StreamingResampler:
+    r"""Draws ``k`` multinomial resamples from a stream of weighted chunks."""
+
+    def __init__(self, k: int, generator: torch.Generator):
+        self.k = k
+        self.gen = generator
+        self.log_total = -math.inf
+        self.values: dict[str, torch.Tensor] | None = None
+        self.log_w = torch.full((k,), -math.inf, dtype=torch.float64)
+
+    def update(self, values: dict[str, torch.Tensor], log_w: torch.Tensor) -> None:
+        log_chunk = torch.logsumexp(log_w, 0).item()
+        if log_chunk == -math.inf:
+            return
+        new_total = np.logaddexp(self.log_total, log_chunk)
+        p_take = math.exp(log_chunk - new_total)
+        take = torch.rand(self.k, generator=self.gen, dtype=torch.float64) < p_take
+        probs = torch.softmax(log_w, 0)
+        idx = torch.multinomial(probs, self.k, replacement=True, generator=self.gen)
+        if self.values is None:
+            self.values = {name: v[idx].clone() for name, v in values.items()}
+        else:
+            for name, v in values.items():
+                mask = take.view(-1, *([1] * (v.dim() - 1)))
+                self.values[name] = torch.where(mask, v[idx], self.values[name])
+        self.log_w = torch.where(take, log_w[idx], self.log_w)
+        self.log_total = new_total
+
+
+def _proposal_draws(proposal: Any, problem: Problem, y: dict, m: int, seed: int) -> tuple[dict, torch.Tensor]:
+    r"""Draws ``m`` latent values and their log-density from a proposal."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if hasattr(proposal, "sample_and_log_prob"):
+            values, log_q = proposal.sample_and_log_prob(problem.model_argument(y), m)
+        else:
+            with pyro.validation_enabled(False), poutine.trace() as tracer:
+                with pyro.plate("_bayesinv_draws", m, dim=-(problem.batch_ndim + 1)):
+                    proposal(problem.model_argument(y))
+            trace = tracer.trace
+            values, log_q = {}, torch.zeros(m, dtype=torch.float64)
+            for name, node in trace.nodes.items():
+                if node["type"] == "sample" and not node["is_observed"] and name in problem.latent:
+                    values[name] = node["value"].detach()
+                    lp = node["fn"].log_prob(node["value"])
+                    log_q = log_q + lp.reshape(m, -1).sum(-1).double()
+    missing = [n for n in problem.latent if n not in values]
+    if missing:
+        raise ProblemError(f"the proposal does not sample the latent site(s) {missing} of the model")
+    for name, v in values.items():
+        if tuple(v.shape) != (m, *problem.sites[name].shape):
+            raise ProblemError(
+                f"proposal draws of site {name!r} have shape {tuple(v.shape)}, expected {(m, *problem.sites[name].shape)}"
+            )
+    return values, log_q.double()
+
+
+def _open_data(data: Any):
+    import xarray as xr
+
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        data = xr.open_zarr(data)
+    if not isinstance(data, xr.Dataset):
+        raise ProblemError(f"data= must be an xarray.Dataset from bayesinv.simulate or a path to one, got {type(data).__name__}")
+    return data
+
+
+@register_method("importance")
+def importance(
+    problem: Problem,
+    y: dict[str, torch.Tensor],
+    *,
+    num_samples: int = 1000,
+    seed: int | None = 0,
+    target: tuple[str, ...] = (),
+    progress: bool | None = None,
+    num_proposals: int | None = None,
+    proposal: Callable | None = None,
+    data: Any = None,
+    chunk_size: int = 10_000,
+    min_ess: float = 100.0,
+) -> Draws:
+    r"""Self-normalised importance sampling.
+
+    Arguments:
+        problem: The traced problem.
+        y: The validated observation.
+        num_samples: The number of resampled posterior draws.
+        seed: The seed.
+        target: Sites to return.
+        progress: Show a progress bar (``None``: on a terminal).
+        num_proposals: The number of proposals (default ``max(20 * num_samples, 10_000)``;
+            with ``data=``, the dataset's size).
+        proposal: A Pyro guide ``guide(y)`` sampling every latent site, or a learned
+            posterior with ``sample_and_log_prob(y, n)``. Default: the prior.
+        data: A dataset from :func:`bayesinv.simulate` (or its zarr path) whose latent
+            values and noise-free simulator outputs are reused instead of simulating.
+        chunk_size: Proposals per chunk (bounds memory).
+        min_ess: Warn when the effective sample size falls below this.
+
+    Returns:
+        :class:`Draws` with one chain; ``sample_stats`` holds each draw's normalised log
+        weight and the run's ESS, ESS fraction, number of proposals and log evidence.
+    """
+    problem.require_likelihood("importance")
+    if num_samples <= 0:
+        raise ProblemError(f"num_samples must be positive, got {num_samples}")
+    if chunk_size <= 0:
+        raise ProblemError(f"chunk_size must be positive, got {chunk_size}")
+    if data is not None and proposal is not None:
+        raise ProblemError("give either data= or proposal=, not both")
+    ds = _open_data(data) if data is not None else None
+    if ds is not None:
+        missing = [n for n in problem.latent if n not in ds]
+        if missing:
+            raise ProblemError(f"data= lacks the latent site(s) {missing}; it holds {sorted(ds.data_vars)}")
+        total = int(ds.sizes["draw"]) if num_proposals is None else min(int(num_proposals), int(ds.sizes["draw"]))
+    else:
+        total = int(num_proposals) if num_proposals is not None else max(20 * num_samples, 10_000)
+    gen = torch.Generator().manual_seed(chunk_seed(seed, -1))
+    resampler = _StreamingResampler(num_samples, gen)
+    sum_w = -math.inf
+    sum_w2 = -math.inf
+    n_failed = 0
+    errors: list[str] = []
+    bar = progress_bar(total, "importance", progress, unit="proposals")
+    start = 0
+    index = 0
+    while start < total:
+        m = min(chunk_size, total - start)
+        fixed = replay = None
+        log_q = None
+        if ds is not None:
+            chunk = ds.isel(draw=slice(start, start + m))
+            fixed = {n: torch.as_tensor(np.asarray(chunk[n].values)) for n in problem.latent}
+            replay = {
+                v[len("_sim_") :]: torch.as_tensor(np.asarray(chunk[v].values))
+                for v in chunk.data_vars
+                if str(v).startswith("_sim_")
+            }
+        elif proposal is not None:
+            fixed, log_q = _proposal_draws(proposal, problem, y, m, chunk_seed(seed, 10 * index + 1))
+        batch = run_batch(
+            problem,
+            m,
+            y=y,
+            fixed=fixed,
+            replay_sims=replay or None,
+            seed=chunk_seed(seed, 10 * index),
+            log_prior=log_q is not None,
+        )
+        log_w = batch.log_lik.clone()
+        if log_q is not None:
+            log_w = log_w + batch.log_prior - log_q
+        log_w = torch.where(batch.valid & ~torch.isnan(log_w), log_w, torch.tensor(-math.inf, dtype=torch.float64))
+        n_failed += batch.num_failed
+        errors.extend(batch.errors[: max(0, 5 - len(errors))])
+        values = {n: batch.values[n] for n in target}
+        resampler.update(values, log_w)
+        sum_w = np.logaddexp(sum_w, torch.logsumexp(log_w, 0).item())
+        sum_w2 = np.logaddexp(sum_w2, torch.logsumexp(2 * log_w, 0).item())
+        start += m
+        index += 1
+        bar.update(m)
+    bar.close()
+    if resampler.values is None:
+        raise ProblemError(
+            f"importance sampling failed: all {total} proposals have zero likelihood or failed to simulate"
+            + (f"; first error: {errors[0]}" if errors else "")
+        )
+    if n_failed:
+        warnings.warn(
+            f"{n_failed} of {total} proposals failed to simulate and were excluded"
+            + (f"; first error: {errors[0]}" if errors else ""),
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    ess = math.exp(2 * sum_w - sum_w2)
+    if ess < min(min_ess, total):
+        warnings.warn(
+            f"importance sampling ESS is {ess:.1f} out of {total} proposals: too few effective draws to trust"
+            " the posterior; increase num_proposals or pass a better proposal=",
+            ImportanceWarning,
+            stacklevel=3,
+        )
+    log_evidence = sum_w - math.log(total)
+    posterior = {n: v.unsqueeze(0).numpy() for n, v in resampler.values.items()}
+    log_w_norm = (resampler.log_w - sum_w).unsqueeze(0).numpy()
+    return Draws(
+        posterior=posterior,
+        sample_stats={
+            "log_weight": log_w_norm,
+            "ess": np.float64(ess),
+            "ess_fraction": np.float64(ess / total),
+            "num_proposals": np.int64(total),
+            "num_failed": np.int64(n_failed),
+            "log_evidence": np.float64(log_evidence),
+        },
+        attrs={"ess": ess, "num_proposals": total, "num_failed": n_failed},
+    )
