@@ -68,7 +68,7 @@ def infer(
     """
     problem = as_problem(model, observed=observed)
     spec = get_method(method)
-    y_checked, batch_shape = problem.check_y(y)
+    y_checked, batch_shape = problem.check_y(y, allow_batch=True)
     if batch_shape:
         raise ProblemError(
             f"infer() takes one observation; got a batch of shape {batch_shape}. Use"

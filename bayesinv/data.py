@@ -181,9 +181,9 @@ def simulate(
             chunk = _chunk_dataset(values, dims)
             if store is not None:
                 if state["n_done"] == 0:
-                    chunk.to_zarr(store, mode="w", encoding={k: {"chunks": (chunk_size,) + chunk[k].shape[1:]} for k in chunk.data_vars})
+                    chunk.to_zarr(store, mode="w", consolidated=False, encoding={k: {"chunks": (chunk_size,) + chunk[k].shape[1:]} for k in chunk.data_vars})
                 else:
-                    chunk.to_zarr(store, append_dim="draw")
+                    chunk.to_zarr(store, append_dim="draw", consolidated=False)
             else:
                 parts.append(chunk)
         state["n_done"] += got
@@ -209,7 +209,7 @@ def simulate(
         "bayesinv_version": __version__,
     }
     if store is not None:
-        ds = xr.open_zarr(store)
+        ds = xr.open_zarr(store, consolidated=False)
     else:
         ds = xr.concat(parts, dim="draw") if len(parts) > 1 else parts[0]
     ds.attrs.update(attrs)

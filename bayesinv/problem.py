@@ -259,10 +259,28 @@ class Problem:
 
 
 def as_problem(model_or_problem: Callable | Problem, *, observed: list[str] | tuple[str, ...] | None = None) -> Problem:
-    r"""Returns a traced :class:`Problem` for a model (or the problem itself)."""
+    r"""Returns a traced :class:`Problem` for a model (or the problem itself).
+
+    The traced problems of the 64 most recently used models are cached, so the model
+    (and any expensive simulator in it) runs once for tracing, not at every call.
+    """
     if isinstance(model_or_problem, Problem):
         return model_or_problem
-    return trace_problem(model_or_problem, observed=observed)
+    key = (model_or_problem, tuple(observed) if observed is not None else None)
+    try:
+        cached = _PROBLEMS.pop(key, None)
+    except TypeError:  # an unhashable callable: trace every time
+        return trace_problem(model_or_problem, observed=observed)
+    problem = cached if cached is not None else trace_problem(model_or_problem, observed=observed)
+    _PROBLEMS[key] = problem  # most recently used last
+    while len(_PROBLEMS) > 64:
+        _PROBLEMS.pop(next(iter(_PROBLEMS)))
+    return problem
+
+
+# Traced problems of recently used models, so that simulate() followed by infer() traces
+# (and so runs an expensive simulator) once.
+_PROBLEMS: dict[tuple, Problem] = {}
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,6 +325,14 @@ class _FixLatents(Messenger):
     def _process_message(self, msg: dict) -> None:
         if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in self.values:
             msg["value"] = self.values[msg["name"]]
+
+
+def _is_implicit(fn: Any) -> bool:
+    while fn is not None:
+        if getattr(fn, "is_implicit", False):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
 
 
 def _is_deterministic(site: dict) -> bool:
@@ -377,7 +403,7 @@ def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | No
             event_dim=event_dim,
             support=None if kind == "deterministic" else getattr(fn, "support", None),
             dtype=value.dtype,
-            implicit=bool(getattr(fn, "is_implicit", False)),
+            implicit=_is_implicit(fn),
             distribution="Deterministic" if kind == "deterministic" else type(fn).__name__,
         )
     if not any(s.kind == "observed" for s in sites.values()):

@@ -92,7 +92,7 @@ def _open_data(data: Any):
     import xarray as xr
 
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
-        data = xr.open_zarr(data)
+        data = xr.open_zarr(data, consolidated=False)
     if not isinstance(data, xr.Dataset):
         raise ProblemError(f"data= must be an xarray.Dataset from bayesinv.simulate or a path to one, got {type(data).__name__}")
     return data
