@@ -1,1 +1,59 @@
-"""bayesinv.diagnostics."""
+r"""bayesinv.diagnostics: compare posteriors, check calibration, plot fields.
+
+Everything here works on ArviZ InferenceData or NumPy arrays; no Pyro.
+
+- :mod:`~bayesinv.diagnostics.metrics`: C2ST, entropic OT, MMD between sample sets;
+  MSE, PSNR, SSIM, relative/absolute L1 and dynamic range of a field estimate.
+- :func:`compare`: a tidy table of metrics between a posterior and a reference.
+- :mod:`~bayesinv.diagnostics.calibration`: SBC ranks and TARP coverage over many
+  simulated test pairs.
+- :mod:`~bayesinv.diagnostics.plots`: field panels, coverage and rank plots.
+
+Note that ``bayesinv.diagnostics.compare`` is the function; its module is reached by
+``from bayesinv.diagnostics.compare import ...`` or ``sys.modules``.
+"""
+
+from .calibration import (
+    SBCUniformity,
+    sbc_bins,
+    sbc_ranks,
+    sbc_uniformity,
+    tarp_coverage,
+)
+from .compare import SAMPLE_METRICS, TRUTH_METRICS, compare, posterior_samples
+from .metrics import (
+    absolute_l1,
+    c2st,
+    dynamic_range,
+    mmd,
+    mse,
+    psnr,
+    relative_l1,
+    sinkhorn_distance,
+    ssim,
+)
+from .plots import plot_coverage, plot_field_panels, plot_sbc_ranks
+
+__all__ = [
+    "compare",
+    "posterior_samples",
+    "SAMPLE_METRICS",
+    "TRUTH_METRICS",
+    "c2st",
+    "sinkhorn_distance",
+    "mmd",
+    "mse",
+    "psnr",
+    "ssim",
+    "relative_l1",
+    "absolute_l1",
+    "dynamic_range",
+    "SBCUniformity",
+    "sbc_ranks",
+    "sbc_uniformity",
+    "sbc_bins",
+    "tarp_coverage",
+    "plot_field_panels",
+    "plot_coverage",
+    "plot_sbc_ranks",
+]
