@@ -9,6 +9,7 @@ from bayesinv._version import __version__
 from bayesinv.api import fit, infer
 from bayesinv.data import simulate
 from bayesinv.diagnostics import compare
+from bayesinv.io import load
 from bayesinv.problem import Problem, ProblemError, trace_problem
 from bayesinv.registry import Draws, available_methods, register_method
 from bayesinv.simulators import SimulationError, external, python_script, simulator
@@ -17,6 +18,7 @@ __all__ = [
     "__version__",
     "infer",
     "fit",
+    "load",
     "simulate",
     "compare",
     "register_method",

@@ -1,1 +1,7 @@
-"""bayesinv.nets."""
+r"""Networks: score networks for vector and field targets, and observation embeddings."""
+
+from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding, NoiseEmbedding, time_embedding
+from bayesinv.nets.mlp import ScoreMLP
+from bayesinv.nets.unet import ScoreUNet
+
+__all__ = ["ScoreMLP", "ScoreUNet", "MLPEmbedding", "CNNEmbedding", "NoiseEmbedding", "time_embedding"]

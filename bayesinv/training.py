@@ -1,0 +1,298 @@
+r"""One training loop for every learned method.
+
+``train(loss_fn, module, train_data)`` minimises ``loss_fn(module, *batch)`` over
+shuffled mini-batches of the tensors in ``train_data`` (rows paired along the first
+dimension), keeps an exponential moving average (EMA) of the weights,
+:math:`\theta' \leftarrow d\,\theta' + (1 - d)\,\theta` (eq. 19 of the cSDM paper, with
+the warm-up :math:`d = \min(d, (1 + k)/(10 + k))` at step :math:`k`), evaluates a
+validation loss with the EMA weights, stops early when it stops improving, and writes
+resumable checkpoints. Options live in the frozen :class:`TrainConfig`; everything the
+loop knows is in the checkpoint, nothing is kept between calls.
+
+Checkpoints are ``torch.save`` dictionaries of tensors, numbers, strings, lists and
+dictionaries only, so ``torch.load(path, weights_only=True)`` reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    r"""Options of :func:`train`.
+
+    Arguments:
+        batch_size: The mini-batch size.
+        max_epochs: Passes over the training data (used when ``max_steps`` is ``None``).
+        max_steps: Optimiser steps; overrides ``max_epochs``.
+        lr: The learning rate.
+        optimizer: ``"adam"`` or ``"adamw"``.
+        weight_decay: Weight decay of the optimiser.
+        lr_schedule: ``None`` (constant) or ``"cosine"`` (to 0 at the last step).
+        warmup_steps: Steps of linear learning-rate warm-up.
+        ema_decay: The EMA momentum :math:`d`, or ``None`` for no EMA.
+        val_fraction: Share of ``train_data`` held out when no ``val_data`` is given.
+        eval_every: Steps between evaluations; ``None`` for once per epoch.
+        patience: Evaluations without improvement before stopping; ``None`` never stops.
+        min_delta: The least decrease of the validation loss counted as improvement.
+        restore_best: Whether to return the weights of the best validation loss.
+        grad_clip: Maximal gradient norm, or ``None``.
+        checkpoint_every: Steps between checkpoints; ``None`` for every evaluation.
+        seed: Seed of the validation split, the shuffling and the validation noise.
+        device: Where to train; ``None`` keeps the module's device.
+        progress: Show a progress bar; ``None`` shows it only on a terminal.
+    """
+
+    batch_size: int = 128
+    max_epochs: int | None = 100
+    max_steps: int | None = None
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str | None = None
+    warmup_steps: int = 0
+    ema_decay: float | None = 0.999
+    val_fraction: float = 0.1
+    eval_every: int | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
+    restore_best: bool = True
+    grad_clip: float | None = None
+    checkpoint_every: int | None = None
+    seed: int = 0
+    device: str | None = None
+    progress: bool | None = None
+
+    def __post_init__(self):
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError("TrainConfig needs max_steps or max_epochs")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'")
+        if self.lr_schedule not in (None, "cosine"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; use None or 'cosine'")
+
+
+class TrainResult(NamedTuple):
+    r"""The outcome of :func:`train`.
+
+    Arguments:
+        model: The trained module (best validation weights if ``restore_best``).
+        ema_model: Its EMA copy (``None`` without EMA).
+        history: Lists ``step``, ``train_loss`` (mean since the previous evaluation),
+            ``val_loss`` (NaN without validation data) and ``lr``, one entry per evaluation.
+        best_val: The best validation loss (NaN without validation data).
+        steps: Optimiser steps done, those of resumed runs included.
+        wall_time: Seconds spent training, those of resumed runs included.
+        stopped_early: Whether early stopping ended the run.
+    """
+
+    model: nn.Module
+    ema_model: nn.Module | None
+    history: dict[str, list[float]]
+    best_val: float
+    steps: int
+    wall_time: float
+    stopped_early: bool = False
+
+
+def _split(train_data: Sequence[Tensor], val_data, cfg: TrainConfig) -> tuple[tuple, tuple | None]:
+    train_data = (train_data,) if isinstance(train_data, Tensor) else tuple(train_data)
+    if val_data is not None:
+        return train_data, ((val_data,) if isinstance(val_data, Tensor) else tuple(val_data))
+    n = len(train_data[0])
+    n_val = int(round(n * cfg.val_fraction))
+    if n_val < 1 or n_val >= n:
+        return train_data, None
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    pick = lambda idx: tuple(d[idx.to(d.device)] for d in train_data)
+    return pick(perm[n_val:]), pick(perm[:n_val])
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    if cfg.lr_schedule == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return lr
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, module: nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), module.parameters()):
+        pe.lerp_(p.detach(), 1 - decay)
+    for be, b in zip(ema.buffers(), module.buffers()):
+        be.copy_(b)
+
+
+@torch.no_grad()
+def _evaluate(loss_fn: Callable, module: nn.Module, data: tuple, cfg: TrainConfig, device: torch.device) -> float:
+    was_training = module.training
+    module.eval()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed + 1)  # the same noise at every evaluation
+        total, n = 0.0, len(data[0])
+        for start in range(0, n, cfg.batch_size):
+            batch = tuple(d[start : start + cfg.batch_size].to(device) for d in data)
+            total += loss_fn(module, *batch).item() * len(batch[0])
+    module.train(was_training)
+    return total / n
+
+
+def _clone_state(module: nn.Module | None) -> dict | None:
+    return None if module is None else {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _save(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    loss_fn: Callable[..., Tensor],
+    module: nn.Module,
+    train_data: Sequence[Tensor] | Tensor,
+    *,
+    val_data: Sequence[Tensor] | Tensor | None = None,
+    config: TrainConfig | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    **options: Any,
+) -> TrainResult:
+    r"""Trains ``module`` by minimising ``loss_fn(module, *batch)``.
+
+    Arguments:
+        loss_fn: Maps the module and one mini-batch of each tensor of ``train_data`` to
+            a scalar loss; it draws its own noise from torch's global generator.
+        module: The parameters to train, updated in place.
+        train_data: Tensors with the same first dimension.
+        val_data: Validation tensors; by default ``val_fraction`` of ``train_data``.
+        config: The options; keyword ``options`` override its fields.
+        checkpoint_path: Where to write checkpoints (model, EMA, optimiser, step,
+            shuffling and random states, best state, history).
+        resume: Whether to continue from ``checkpoint_path`` when it exists.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Example:
+        >>> loss = lambda net, theta, y: dsm_loss(net, theta, y, VE(5.0))
+        >>> result = train(loss, ScoreMLP(2, 3), (theta, y), max_steps=2000, patience=10)
+    """
+    cfg = dataclasses.replace(config or TrainConfig(), **options) if options else (config or TrainConfig())
+    device = torch.device(cfg.device) if cfg.device else next(module.parameters()).device
+    module.to(device)
+    train_data, val_data = _split(train_data, val_data, cfg)
+    n = len(train_data[0])
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.max_epochs * per_epoch
+    eval_every = cfg.eval_every or per_epoch
+    ckpt_every = cfg.checkpoint_every or eval_every
+
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    s: dict[str, Any] = dict(
+        step=0, perm=torch.randperm(n, generator=gen), pos=0, best_val=math.inf, bad=0, wall=0.0,
+        run_sum=0.0, run_n=0, stopped=False, best_model=None, best_ema=None,
+        history={"step": [], "train_loss": [], "val_loss": [], "lr": []},
+    )  # fmt: skip
+
+    ck = None
+    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+        ck = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["rng_shuffle"])
+        torch.set_rng_state(ck["rng_torch"])
+        if device.type == "cuda" and ck.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng_cuda"], device)
+        s.update({k: ck[k] for k in s})
+    ema = copy.deepcopy(module).requires_grad_(False).eval() if cfg.ema_decay is not None else None
+    if ema is not None and ck is not None and ck["ema"] is not None:
+        ema.load_state_dict(ck["ema"])
+
+    def checkpoint() -> None:
+        if checkpoint_path is None:
+            return
+        _save(os.fspath(checkpoint_path), {
+            "model": module.state_dict(), "ema": None if ema is None else ema.state_dict(),
+            "optimizer": opt.state_dict(), "rng_shuffle": gen.get_state(), "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "config": {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                       for k, v in dataclasses.asdict(cfg).items()},
+            **s,
+        })  # fmt: skip
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=s["step"], desc="train", disable=None if cfg.progress is None else not cfg.progress)
+    run_sum = torch.tensor(s["run_sum"], device=device)
+    start = time.perf_counter() - s["wall"]
+    module.train()
+    while s["step"] < total and not s["stopped"]:
+        if s["pos"] >= n:
+            s["perm"], s["pos"] = torch.randperm(n, generator=gen), 0
+        idx = s["perm"][s["pos"] : s["pos"] + cfg.batch_size]
+        s["pos"] += len(idx)
+        batch = tuple(d[idx.to(d.device)].to(device, non_blocking=True) for d in train_data)
+        lr = _lr_at(s["step"], total, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(module, *batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+        opt.step()
+        s["step"] += 1
+        if ema is not None:
+            _ema_update(ema, module, min(cfg.ema_decay, (1 + s["step"]) / (10 + s["step"])))
+        run_sum += loss.detach()
+        s["run_n"] += 1
+        bar.update(1)
+
+        if s["step"] % eval_every == 0 or s["step"] == total:
+            train_loss = run_sum.item() / s["run_n"]
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"train: non-finite training loss at step {s['step']}")
+            run_sum.zero_()
+            s["run_n"] = 0
+            val_loss = math.nan
+            if val_data is not None:
+                val_loss = _evaluate(loss_fn, ema if ema is not None else module, val_data, cfg, device)
+                if val_loss < s["best_val"] - cfg.min_delta:
+                    s["best_val"], s["bad"] = val_loss, 0
+                    if cfg.restore_best:
+                        s["best_model"], s["best_ema"] = _clone_state(module), _clone_state(ema)
+                else:
+                    s["bad"] += 1
+                    s["stopped"] = cfg.patience is not None and s["bad"] > cfg.patience
+            for key, value in zip(s["history"], (s["step"], train_loss, val_loss, lr)):
+                s["history"][key].append(value)
+            bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+        if s["step"] % ckpt_every == 0 or s["step"] == total or s["stopped"]:
+            s["wall"], s["run_sum"] = time.perf_counter() - start, run_sum.item()
+            checkpoint()
+    bar.close()
+    s["wall"] = time.perf_counter() - start
+
+    if cfg.restore_best and s["best_model"] is not None:
+        module.load_state_dict(s["best_model"])
+        if ema is not None:
+            ema.load_state_dict(s["best_ema"])
+    best_val = s["best_val"] if val_data is not None else math.nan
+    return TrainResult(module, ema, s["history"], best_val, s["step"], s["wall"], s["stopped"])

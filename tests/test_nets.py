@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding, NoiseEmbedding, time_embedding
+from bayesinv.nets.mlp import ScoreMLP
+from bayesinv.nets.unet import ScoreUNet
+
+
+def test_time_embedding_values():
+    assert torch.allclose(time_embedding(torch.tensor(0.0)), torch.tensor([-0.5, 1.0, 0.0, -1.0]))
+    assert torch.allclose(time_embedding(torch.tensor(0.25)), torch.tensor([-0.25, 0.0, 1.0, 1.0]), atol=1e-6)
+    assert time_embedding(torch.rand(3, 5)).shape == (3, 5, 4)
+
+
+def test_sigma_embedding_maps_log_sigma_to_unit_interval():
+    emb = NoiseEmbedding(sigma_range=(0.01, 10.0))
+    assert torch.allclose(emb(torch.tensor([0.01, 10.0])), time_embedding(torch.tensor([0.0, 1.0])), atol=1e-6)
+    assert torch.allclose(emb(torch.tensor(0.1)), time_embedding(torch.tensor(1 / 3)), atol=1e-6)
+    with pytest.raises(ValueError):
+        NoiseEmbedding(sigma_range=(1.0, 0.1))
+
+
+def test_observation_embeddings():
+    assert MLPEmbedding(10, 8)(torch.randn(2, 5, 10)).shape == (2, 5, 8)
+    assert CNNEmbedding((2, 20, 12), 16)(torch.randn(3, 4, 2, 20, 12)).shape == (3, 4, 16)
+
+
+def test_score_mlp_shapes_and_broadcasting():
+    net = ScoreMLP(3, 5, hidden=(32, 32))
+    x, y = torch.randn(10, 3), torch.randn(10, 5)
+    assert net(x, y, torch.rand(10)).shape == (10, 3)
+    t = torch.tensor(0.3)
+    assert torch.allclose(net(x, y, t), net(x, y, t.expand(10)))
+    assert torch.allclose(net(x, y[0], t), net(x, y[0].expand(10, 5), t))  # one observation, many x
+    assert net(torch.randn(4, 6, 3), torch.randn(4, 6, 5), torch.rand(4, 6)).shape == (4, 6, 3)
+    assert not torch.allclose(net(x, y, torch.tensor(0.1)), net(x, y, torch.tensor(0.9)))
+    assert ScoreMLP(3, hidden=(8,))(x, None, t).shape == (10, 3)  # unconditional
+
+
+def test_score_mlp_mask_and_embedding():
+    net = ScoreMLP(3, 5, hidden=(32,), mask_dim=5)
+    x, y, t = torch.randn(10, 3), torch.randn(10, 5), torch.rand(10)
+    on, off = torch.ones(10, 5), torch.zeros(10, 5)
+    assert not torch.allclose(net(x, y, t, mask=on), net(x, y, t, mask=off))
+    with pytest.raises(ValueError):
+        net(x, y, t)
+    cnn = ScoreMLP(3, hidden=(32,), embedding=CNNEmbedding((2, 16, 16), 8))
+    assert cnn(x, torch.randn(10, 2, 16, 16), t).shape == (10, 3)
+    assert cnn(x, torch.randn(2, 16, 16), t).shape == (10, 3)
+
+
+def test_score_mlp_scale_by_sigma():
+    net = ScoreMLP(3, 5, hidden=(16,), sigma_range=(0.01, 5.0), scale_by_sigma=True)
+    x, y, sigma = torch.randn(6, 3), torch.randn(6, 5), torch.tensor([0.01, 0.1, 1.0, 5.0, 2.0, 0.5])
+    scaled = net(x, y, sigma)
+    net.scale_by_sigma = False
+    assert torch.allclose(scaled * sigma[:, None], net(x, y, sigma), rtol=1e-5)
+    with pytest.raises(ValueError):
+        ScoreMLP(3, 5, scale_by_sigma=True)
+
+
+def test_score_unet_shapes():
+    net = ScoreUNet(1, y_channels=2, base_channels=8, channel_mults=(1, 2, 2))
+    x, y = torch.randn(3, 1, 16, 16), torch.randn(3, 2, 16, 16)
+    out = net(x, y, torch.rand(3))
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    # sizes not divisible by 4, a scalar time and one observation for the whole batch
+    x = torch.randn(2, 1, 13, 10)
+    assert net(x, torch.randn(2, 13, 10), torch.tensor(0.5)).shape == x.shape
+    assert not torch.allclose(net(x, torch.zeros(2, 13, 10), 0.1), net(x, torch.zeros(2, 13, 10), 0.9))
+
+
+def test_score_unet_embedding_mask_and_sigma():
+    emb = MLPEmbedding(7, 16)
+    net = ScoreUNet(2, base_channels=8, channel_mults=(1, 2), embedding=emb, mask_channels=1,
+                    sigma_range=(0.01, 10.0), scale_by_sigma=True)  # fmt: skip
+    x, y, mask, sigma = torch.randn(4, 2, 8, 8), torch.randn(4, 7), torch.ones(4, 1, 8, 8), torch.tensor([0.01, 0.1, 1.0, 10.0])
+    out = net(x, y, sigma, mask=mask)
+    assert out.shape == x.shape
+    net.scale_by_sigma = False
+    assert torch.allclose(out * sigma[:, None, None, None], net(x, y, sigma, mask=mask), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(net(x, y, sigma, mask=mask), net(x, y, sigma, mask=0 * mask))
+    with pytest.raises(ValueError):
+        ScoreUNet(1, y_channels=1, embedding=emb)
