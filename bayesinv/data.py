@@ -114,7 +114,8 @@ def simulate(
         seed: The seed; the same seed gives the same dataset.
         path: A zarr store to write chunk by chunk. If it already holds an unfinished
             run with the same configuration, the run resumes.
-        chunk_size: Draws per chunk (one vectorised model run each).
+        chunk_size: Draws per chunk (one vectorised model run each); the last chunks
+            are smaller, so no more simulations run than needed.
         dims: Site name → dim names (default ``{site}_dim_{i}``).
         observed: Observed site names, for models where they cannot be found automatically.
         overwrite: Replace an existing store with another configuration.
@@ -163,7 +164,8 @@ def simulate(
     bar.update(state["n_done"])
     while state["n_done"] < n:
         index = state["chunks_done"]
-        batch = run_batch(problem, chunk_size, seed=chunk_seed(seed, index), vectorize=vectorize)
+        size = min(chunk_size, n - state["n_done"])
+        batch = run_batch(problem, size, seed=chunk_seed(seed, index), vectorize=vectorize)
         keep = batch.valid
         values = {k: v[keep] for k, v in batch.values.items()}
         values.update({f"_sim_{k}": v[keep] for k, v in batch.sim_outputs.items()})
@@ -172,9 +174,9 @@ def simulate(
         got = int(next(iter(values.values())).shape[0]) if values else 0
         state["num_failed"] += batch.num_failed
         state["errors"] = (state["errors"] + batch.errors)[:5]
-        if batch.num_failed == chunk_size:
+        if batch.num_failed == size:
             raise ProblemError(
-                f"all {chunk_size} simulations of chunk {index} failed; first error: "
+                f"all {size} simulations of chunk {index} failed; first error: "
                 + (batch.errors[0] if batch.errors else "non-finite values")
             )
         if got:
