@@ -74,6 +74,13 @@ class Layout:
             start += size
         return out
 
+    def groups(self) -> list[int]:
+        r"""Normaliser groups: a field (≥ 2 dims) as a whole, vector entries one by one."""
+        out: list[int] = []
+        for shape, size in zip(self.shapes, self.sizes):
+            out += [size] if len(shape) >= 2 else [1] * size
+        return out
+
     def to_json(self) -> dict:
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
 

@@ -1,0 +1,199 @@
+import zipfile
+
+import arviz as az
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+import bayesinv
+from bayesinv.io import PosteriorFileError
+from bayesinv.methods.cond_score import CondScoreConfig, CondScorePosterior
+from bayesinv.models.toy import LinearGaussian
+from bayesinv.problem import ProblemError
+
+FAST = dict(max_epochs=None, patience=None, batch_size=256)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    r"""One torch thread: faster than two on a shared 2-core machine (no spin-waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def linear():
+    r"""One cond_score fit on a 2-D linear-Gaussian problem, shared by the tests below."""
+    lg = LinearGaussian(dim=2, noise=0.5, seed=0)
+    cfg = CondScoreConfig(hidden=(128, 128, 128), max_steps=2000, **FAST)
+    post = bayesinv.fit(lg.model, method="cond_score", num_simulations=4000, seed=0, config=cfg, progress=False)
+    return lg, post
+
+
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_recovers_linear_gaussian_posterior(linear, sampler):
+    # tolerances: mean within 0.25 posterior std, std within 20 %
+    lg, post = linear
+    for obs_seed in (3, 4):
+        _, y = lg.draw(seed=obs_seed)
+        mean, cov = lg.posterior(y)
+        std = np.sqrt(np.diag(cov))
+        theta = post.sample(y, 4000, seed=0, sampler=sampler)["theta"].numpy()
+        assert theta.shape == (4000, 2)
+        np.testing.assert_array_less(np.abs(theta.mean(0) - mean), 0.25 * std)
+        np.testing.assert_array_less(np.abs(theta.std(0) / std - 1), 0.2)
+
+
+def test_batch_of_observations_in_one_call(linear):
+    lg, post = linear
+    ys = np.stack([lg.draw(seed=s)[1] for s in range(6)]).reshape(2, 3, 2)
+    draws = post.sample(ys, 50, seed=1, sampler="sde", steps=50, chunk_size=64)
+    assert draws["theta"].shape == (2, 3, 50, 2)
+    single = post.sample(ys[1, 2], 50, seed=1, sampler="sde", steps=50)["theta"]
+    assert single.shape == (50, 2)
+    # each observation gets its own posterior: means follow the analytic ones
+    means = draws["theta"].mean(-2).reshape(6, 2).numpy()
+    exact = np.stack([lg.posterior(y)[0] for y in ys.reshape(6, 2)])
+    assert np.corrcoef(means[:, 0], exact[:, 0])[0, 1] > 0.9
+    idatas = post.infer(ys[0], num_samples=20, steps=20, sampler="sde")
+    assert isinstance(idatas, list) and len(idatas) == 3
+    assert idatas[0].posterior["theta"].shape == (1, 20, 2)
+
+
+def test_save_load_same_draws(linear, tmp_path):
+    lg, post = linear
+    _, y = lg.draw(seed=3)
+    path = post.save(tmp_path / "lg.bayesinv")
+    loaded = bayesinv.load(path)
+    assert isinstance(loaded, CondScorePosterior) and repr(loaded) == repr(post)
+    for sampler in ("sde", "ode"):
+        a = post.sample(y, 200, seed=7, sampler=sampler, steps=100)["theta"]
+        b = loaded.sample(y, 200, seed=7, sampler=sampler, steps=100)["theta"]
+        assert torch.equal(a, b)
+    assert not torch.equal(a, post.sample(y, 200, seed=8, sampler="ode")["theta"])
+
+
+def test_corrupted_and_wrong_version_files(linear, tmp_path):
+    _, post = linear
+    path = post.save(tmp_path / "good.bayesinv")
+    broken = tmp_path / "broken.bayesinv"
+    broken.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(PosteriorFileError, match="not a readable bayesinv posterior"):
+        bayesinv.load(broken)
+    with zipfile.ZipFile(path) as zf:
+        meta, weights = zf.read("meta.json").decode(), zf.read("tensors.pt")
+    old = tmp_path / "old.bayesinv"
+    with zipfile.ZipFile(old, "w") as zf:
+        zf.writestr("meta.json", meta.replace('"format_version": 1', '"format_version": 99'))
+        zf.writestr("tensors.pt", weights)
+    with pytest.raises(PosteriorFileError, match="format version 99"):
+        bayesinv.load(old)
+    garbage = tmp_path / "garbage.bayesinv"
+    with zipfile.ZipFile(garbage, "w") as zf:
+        zf.writestr("meta.json", meta)
+        zf.writestr("tensors.pt", b"not a tensor file")
+    with pytest.raises(PosteriorFileError, match="weights cannot be read"):
+        bayesinv.load(garbage)
+
+
+def test_bad_observation_shape_names_site_and_shapes(linear):
+    _, post = linear
+    with pytest.raises(ProblemError, match=r"site 'y' has shape \(3,\).*site 'y' with shape \(2,\)"):
+        post.sample(np.zeros(3, dtype=np.float32), 10)
+    with pytest.raises(ProblemError, match="no sampler option"):
+        post.sample(np.zeros(2, dtype=np.float32), 10, sampler="sde", step=3)
+    with pytest.raises(ProblemError, match="sampler 'langevin' does not fit process 've'"):
+        post.sample(np.zeros(2, dtype=np.float32), 10, sampler="langevin")
+
+
+def test_guide_interface_and_importance_refusal(linear):
+    lg, post = linear
+    _, y = lg.draw(seed=3)
+    tr = poutine.trace(post).get_trace(torch.as_tensor(y))
+    assert tr.nodes["theta"]["value"].shape == (2,)
+    with pyro.plate("_bayesinv_draws", 5, dim=-1):
+        tr = poutine.trace(post).get_trace(torch.as_tensor(y))
+    assert tr.nodes["theta"]["value"].shape == (5, 2)
+    with pytest.raises(ProblemError, match="no tractable density.*importance"):
+        bayesinv.infer(lg.model, y, method="importance", proposal=post, num_samples=10)
+
+
+def test_infer_end_to_end_returns_inference_data():
+    lg = LinearGaussian(dim=2, noise=0.5, seed=0)
+    _, y = lg.draw(seed=1)
+    idata = bayesinv.infer(
+        lg.model, y, method="cond_score", num_samples=100, num_simulations=500, hidden=(32, 32),
+        max_epochs=3, sampler="sde", steps=50, progress=False,
+    )  # fmt: skip
+    assert isinstance(idata, az.InferenceData)
+    assert idata.posterior["theta"].shape == (1, 100, 2)
+    attrs = idata.posterior.attrs
+    assert attrs["method"] == "cond_score" and attrs["num_simulations"] == 500
+    assert attrs["fit_time_s"] > 0 and attrs["sample_time_s"] > 0
+    assert '"sampler": "sde"' in attrs["options"]
+    stats = idata.sample_stats
+    assert str(stats["sampler"].values) == "sde" and int(stats["nfe"]) == 51
+    assert float(stats["sigma_max"]) > float(stats["sigma_min"]) > 0
+    np.testing.assert_allclose(idata.observed_data["y"].values, y)
+
+
+def test_ncsn_levels_chosen_and_langevin_runs(tmp_path):
+    lg = LinearGaussian(dim=2, noise=0.5, seed=0)
+    _, y = lg.draw(seed=1)
+    post = bayesinv.fit(lg.model, method="cond_score", num_simulations=500, process="ncsn", hidden=(32, 32),
+                        config=CondScoreConfig(max_steps=50, **FAST), progress=False, checkpoint=str(tmp_path / "ck.pt"))  # fmt: skip
+    levels = post.config["net"]["process"]
+    assert levels["sigmas"][0] > 1.0 and levels["sigmas"][-1] == pytest.approx(0.01) and len(levels["sigmas"]) >= 20
+    assert levels["eps"] > 0 and (tmp_path / "ck.pt").exists()
+    values, stats = post._sample_with_stats(y, 30, seed=0)
+    assert values["theta"].shape == (30, 2) and stats["sampler"] == "langevin"
+    assert stats["nfe"] == 5 * len(levels["sigmas"]) + 1
+
+
+def test_mask_condition_and_log_transform():
+    def model(y=None):
+        E = pyro.sample("E", dist.LogNormal(torch.zeros(2), 0.3).to_event(1))
+        mask = pyro.sample("mask", dist.Bernoulli(0.7 * torch.ones(3)).to_event(1))
+        u = torch.stack([E[..., 0], E[..., 1], E.sum(-1)], -1)
+        reading = torch.where(mask > 0, u, -torch.ones_like(u))  # off sensors read -1
+        return pyro.sample("y", dist.Normal(reading, 0.05).to_event(1), obs=y)
+
+    post = bayesinv.fit(model, method="cond_score", num_simulations=300, condition="mask", transforms={"E": "log10"},
+                        hidden=(16,), config=CondScoreConfig(max_steps=20, **FAST), progress=False)  # fmt: skip
+    assert post.target.names == ("E",) and post.condition.names == ("y", "mask")
+    draws = post.sample({"y": np.array([1.0, -1.0, 2.0]), "mask": np.array([1.0, 0.0, 1.0])}, 10, steps=10, sampler="sde")
+    assert draws["E"].shape == (10, 2) and (draws["E"] > 0).all()
+    with pytest.raises(ProblemError, match=r"conditions on \['y', 'mask'\]: pass y as a dict"):
+        post.sample(np.array([1.0, -1.0, 2.0]), 5)
+    with pytest.raises(ProblemError, match="missing conditioning value.*mask"):
+        post.sample({"y": np.array([1.0, -1.0, 2.0])}, 5)
+
+
+def test_field_target_unet_smoke(tmp_path):
+    def model(y=None):
+        E = pyro.sample("E", dist.Normal(torch.zeros(8, 8), 1.0).to_event(2))
+        y_mean = torch.nn.functional.avg_pool2d(E.unsqueeze(-3), 3, stride=1, padding=1).squeeze(-3)
+        return pyro.sample("y", dist.Normal(y_mean, 0.1).to_event(2), obs=y)
+
+    post = bayesinv.fit(model, method="cond_score", num_simulations=64, config=CondScoreConfig(
+        max_steps=3, base_channels=8, channel_mults=(1, 2), **FAST), progress=False)  # fmt: skip
+    assert post.config["net"]["network"] == "unet" and post.config["net"]["grid_slices"] == [[0, 64, 1]]
+    ys = np.zeros((2, 8, 8), dtype=np.float32)
+    draws = post.sample(ys, 3, seed=0, sampler="sde", steps=4)
+    assert draws["E"].shape == (2, 3, 8, 8)
+    loaded = bayesinv.load(post.save(tmp_path / "unet.bayesinv"))
+    assert torch.equal(loaded.sample(ys, 3, seed=0, sampler="sde", steps=4)["E"], draws["E"])
+
+    def model_vec_obs(y=None):  # y not on the grid: CNN-free MLP embedding
+        E = pyro.sample("E", dist.Normal(torch.zeros(8, 8), 1.0).to_event(2))
+        return pyro.sample("y", dist.Normal(E.mean((-1, -2)).unsqueeze(-1).expand(*E.shape[:-2], 5), 0.1).to_event(1), obs=y)
+
+    post = bayesinv.fit(model_vec_obs, method="cond_score", num_simulations=64, config=CondScoreConfig(
+        max_steps=2, base_channels=8, channel_mults=(1, 2), **FAST), progress=False)  # fmt: skip
+    assert post.config["net"]["embedding"]["kind"] == "mlp"
+    assert post.sample(np.zeros(5), 2, sampler="sde", steps=3)["E"].shape == (2, 8, 8)
