@@ -61,7 +61,7 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
-_BUILTIN = ("importance", "nuts", "mcmc", "cond_score", "flow", "vae")
+_BUILTIN = ("importance", "nuts", "mcmc", "cond_score", "flow", "vae", "gauss_newton")
 
 
 def register_method(
