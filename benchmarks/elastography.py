@@ -16,7 +16,7 @@ For each noise level σ_η the script
    ``--refine`` zoom-in stages of ``--num-local`` draws): RMSE of the means and of the
    stds, averaged over the test inclusions, beside the published cSDM figures.
 
-Writes ``benchmarks/results/elastography_<σ_η>.json`` and prints a table.
+Writes ``benchmarks/results/elastography_<σ_η>[_<tag>].json`` and prints a table.
 
 Run (2-core CPU: ~15 minutes per noise level with the defaults):
 
@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=2)
     parser.add_argument("--num-local", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default=None, help="suffix of the results file")
     args = parser.parse_args()
     set_threads(args.threads)
     payload = {"meta": metadata("2-core CPU, no GPU, shared"), "args": vars(args)}
@@ -166,7 +167,7 @@ def main() -> None:
     for noise in args.noises:
         res = run_noise(noise, ds, args)
         payload["result"] = res
-        path = write_results(f"elastography_{noise:g}", payload)
+        path = write_results(f"elastography_{noise:g}" + (f"_{args.tag}" if args.tag else ""), payload)
         pub = PUBLISHED.get(noise, (float("nan"),) * 2)
         print(f"| σ_η | mean RMSE (published) | std RMSE (published) | fit | sampling / inclusion |")
         print(f"| {noise:g} | {res['mean_rmse']:.3f} ({pub[0]}) | {res['std_rmse']:.3f} ({pub[1]}) | {res['fit_time_s']:.0f} s "
