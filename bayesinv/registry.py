@@ -61,7 +61,7 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
-_BUILTIN = ("importance", "nuts", "mcmc", "cond_score", "flow", "vae", "gauss_newton")
+_BUILTIN = ("importance", "nuts", "mcmc", "cond_score", "flow", "vae", "gauss_newton", "csd_star")
 
 
 def register_method(

@@ -75,8 +75,8 @@ def _velocity(score_fn: ScoreFn, x: Tensor, t: Tensor, process: Process) -> Tens
     return 0.5 * process.drift_coef(t) * x + 0.5 * process.diffusion_sq(t) * score_fn(x, t)
 
 
-def _times(x: Tensor, steps: int, t_min: float) -> Tensor:
-    return torch.linspace(1.0, t_min, steps + 1, dtype=x.dtype, device=x.device)
+def _times(x: Tensor, steps: int, t_min: float, t_start: float = 1.0) -> Tensor:
+    return torch.linspace(t_start, t_min, steps + 1, dtype=x.dtype, device=x.device)
 
 
 def tweedie_denoise(score_fn: ScoreFn, x: Tensor, t: Tensor | float, process: Process) -> Tensor:
@@ -204,12 +204,13 @@ def predictor_corrector(
     corrector_steps: int = 1,
     snr: float = 0.16,
     t_min: float = 1e-3,
+    t_start: float = 1.0,
     denoise: bool = False,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> SampleResult:
     r"""Predictor–corrector sampling (Song et al. 2021): Langevin corrector, then a
-    reverse-diffusion predictor, at each of ``steps`` times from 1 to :math:`t_{min}`.
+    reverse-diffusion predictor, at each of ``steps`` times from ``t_start`` (1) to :math:`t_{min}`.
 
     The corrector makes ``corrector_steps`` Langevin steps :math:`x + \delta s + \sqrt{2
     \delta} z` with :math:`\delta = 2 a_t (r \|z\| / \|s\|)^2`, :math:`r` = ``snr`` and
@@ -229,6 +230,8 @@ def predictor_corrector(
         corrector_steps: Langevin corrector steps per predictor step.
         snr: The corrector's signal-to-noise ratio :math:`r`.
         t_min: The final time.
+        t_start: The first time; ``x`` are samples of :math:`p_{t_{start}}` (below 1: a
+            reverse process entered part-way, as in CSD*).
         denoise: Whether to finish with :func:`tweedie_denoise` at :math:`t_{min}`.
         generator: The random generator.
         callback: Called after each predictor step with ``{"i", "t", "x"}``.
@@ -236,7 +239,7 @@ def predictor_corrector(
     Returns:
         The samples and the number of score evaluations.
     """
-    ts = _times(x, steps, t_min)
+    ts = _times(x, steps, t_min, t_start)
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]
         b_dt = process.integral_b(t) - process.integral_b(t_next)

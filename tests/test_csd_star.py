@@ -1,0 +1,114 @@
+r"""CSD*: an unconditional score prior entered part-way from a reconstruction (method="csd_star")."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import bayesinv
+from bayesinv.diffusion import VE, predictor_corrector
+from bayesinv.methods.csd_star import CSDStarPosterior, choose_insert_step
+from bayesinv.problem import ProblemError
+
+SIZE = 8
+PATTERN = torch.linspace(0.5, 1.5, SIZE)[:, None] * torch.ones(SIZE)  # a ramp image
+
+
+def model(y=None):
+    a = pyro.sample("a", dist.Uniform(0.5, 1.5))
+    field = pyro.deterministic("field", a * PATTERN)
+    return pyro.sample("y", dist.Normal(field.mean() * torch.ones(3), 0.01).to_event(1), obs=y)
+
+
+class RampSolver:
+    r"""A "reconstruction" of the ramp image from y, far off the prior's images (a bump of 2 on 4 × 4 pixels)."""
+
+    def gauss_newton(self, y, **options):
+        y = np.atleast_2d(np.asarray(y))
+        bump = np.zeros((SIZE, SIZE))
+        bump[2:6, 2:6] = float(options.get("bump", 2.0))
+        return y[:, :1, None] * PATTERN.numpy() + bump
+
+
+@pytest.fixture(scope="module")
+def data():
+    return bayesinv.simulate(model, 600, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def post(data):
+    torch.set_num_threads(1)
+    return bayesinv.fit(
+        model, method="csd_star", target="field", data=data, solver=RampSolver(), steps=100, insert_step=40,
+        base_channels=8, channel_mults=(1, 2), max_epochs=None, max_steps=300, batch_size=64, lr=2e-3,
+        ema_decay=0.99, progress=False,
+    )  # fmt: skip
+
+
+def test_pc_from_an_intermediate_time_reaches_the_data_distribution():
+    # data N(0, s0²): the score at t is −x / (s0² + σ²(t)); started from p_{t'} the
+    # reverse process must end at N(0, s0²), not at the wider p_{t'}
+    proc, s0, t_start = VE(sigma_max=10.0), 0.5, 0.6
+    score = lambda x, t: -x / (s0**2 + proc.sigma_sq(t))  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 2, generator=gen) * float((s0**2 + proc.sigma_sq(torch.tensor(t_start))).sqrt())
+    out = predictor_corrector(score, x, proc, steps=200, t_start=t_start, t_min=1e-3, generator=gen).x
+    assert out.std().item() == pytest.approx(s0, rel=0.05)
+
+
+def test_shapes_options_and_stats(post, data):
+    y = data["y"].values[:3]
+    draws = post.sample(y, 2, seed=0)["field"]
+    assert isinstance(post, CSDStarPosterior) and draws.shape == (3, 2, SIZE, SIZE)
+    assert post.insert_step == 40 and post.insert_time() == pytest.approx(1e-3 + (1 - 1e-3) * 0.4)
+    idata = post.infer(y[0], num_samples=2, insert_step=10)
+    assert idata.posterior["field"].shape == (1, 2, SIZE, SIZE)
+    assert int(idata.sample_stats["insert_step"]) == 10 and int(idata.sample_stats["nfe"]) == 2 * 10 + 1
+    with pytest.raises(ProblemError, match="insert_step"):
+        post.sample(y, 1, insert_step=101)
+    with pytest.raises(ProblemError, match="no sampler option"):
+        post.sample(y, 1, sampler="ode")
+
+
+def test_prior_pulls_the_reconstruction_back_to_the_image_manifold(post, data):
+    y, truth = data["y"].values[:40], data["field"].values[:40]
+    start = RampSolver().gauss_newton(y)
+    out = post.sample(y, 1, seed=1)["field"][:, 0].numpy()
+    err_start = ((start - truth) ** 2).mean()
+    err_out = ((out - truth) ** 2).mean()
+    prior_spread = 2 * ((truth - truth.mean(0)) ** 2).mean()  # MSE between two prior draws
+    # 300 training steps: most of the way back (0.37 of the start's error when written), not all
+    assert err_start > 0.9 and err_out < 0.6 * err_start and err_out < 3 * prior_spread, (err_out, err_start, prior_spread)
+    # K' = 1 of 1000 (σ(t') ≈ 0.05 in normalised units) stays near the start
+    near = post.sample(y, 1, seed=1, insert_step=1, steps=1000)["field"][:, 0].numpy()
+    assert np.abs(near - start).mean() < 0.3 * np.abs(out - start).mean()
+
+
+def test_choose_insert_step_and_start(post, data):
+    y, truth = data["y"].values[40:60], data["field"].values[40:60]
+    best, table = choose_insert_step(post, y, truth, candidates=(1, 40), update=False)
+    assert set(table) == {1, 40} and best == 40 and table[40] < table[1]
+    same = post.sample(y, 1, seed=3, start=RampSolver().gauss_newton(y))["field"]
+    np.testing.assert_allclose(same, post.sample(y, 1, seed=3)["field"], atol=1e-5)
+
+
+def test_save_load_round_trip(post, data, tmp_path):
+    path = tmp_path / "csd.bayesinv"
+    post.save(path)
+    loaded = bayesinv.load(path)
+    assert isinstance(loaded, CSDStarPosterior) and loaded.insert_step == post.insert_step
+    y = data["y"].values[:2]
+    with pytest.raises(ProblemError, match="solver"):
+        loaded.sample(y, 1)
+    loaded.solver = RampSolver()
+    np.testing.assert_allclose(loaded.sample(y, 1, seed=2)["field"], post.sample(y, 1, seed=2)["field"], atol=1e-5)
+
+
+def test_needs_one_field_target():
+    def vector_model(y=None):
+        a = pyro.sample("a", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        return pyro.sample("y", dist.Normal(a, 0.1).to_event(1), obs=y)
+
+    with pytest.raises(ProblemError, match="2-D field"):
+        bayesinv.fit(vector_model, method="csd_star", num_simulations=20, progress=False)
