@@ -473,10 +473,13 @@ class EIT:
         idw_neighbours: Nearest element centres used for the target image.
         inv_h0: Distmesh size of the Gauss–Newton mesh (must differ from ``h0``).
         simulator: A simulator to use instead, ``(centres, radii, conductivities, h0) → (n, 208)``.
+        image_size: Pixels per side of the target image (the paper: 128). A coarser grid
+            (32, 64) makes the learned methods affordable on a CPU; the simulation is the
+            same, only the image (and the Gauss–Newton image) is sampled more coarsely.
 
     Attributes:
         model: The Pyro model: latent ``radii`` (K,), ``centres`` (K, 2); deterministic
-            ``sigma`` (128, 128); observed ``y`` (208,).
+            ``sigma`` (128, 128) (``image_size`` per side); observed ``y`` (208,).
         grid: The :class:`PixelGrid`.
         mesh: The simulation mesh (pyEIT).
         conductivities: The anomaly conductivities, in order.
@@ -492,6 +495,7 @@ class EIT:
         idw_neighbours: int = 1,
         inv_h0: float = INV_H0,
         simulator: Any = None,
+        image_size: int = IMAGE_SIZE,
     ):
         if num_anomalies not in CONDUCTIVITIES:
             raise ValueError(f"num_anomalies must be one of {sorted(CONDUCTIVITIES)}, got {num_anomalies}")
@@ -502,7 +506,7 @@ class EIT:
         self.h0 = float(h0)
         self.inv_h0 = float(inv_h0)
         self.conductivities = CONDUCTIVITIES[self.num_anomalies]
-        self.grid = PixelGrid()
+        self.grid = PixelGrid(int(image_size))
         self.solver = fem_solver(self.h0)
         self.mesh = self.solver.mesh
         self.to_image = IDWInterpolator(self.solver.centres, self.grid, neighbours=idw_neighbours)
@@ -510,7 +514,8 @@ class EIT:
         self._gn_cache: dict[tuple, Any] = {}
 
     def __repr__(self) -> str:
-        return f"EIT(num_anomalies={self.num_anomalies}, snr_db={self.snr_db}, h0={self.h0}, elements={self.mesh.n_elems})"
+        size = "" if self.grid.size == IMAGE_SIZE else f", image_size={self.grid.size}"
+        return f"EIT(num_anomalies={self.num_anomalies}, snr_db={self.snr_db}, h0={self.h0}, elements={self.mesh.n_elems}{size})"
 
     # -- model ------------------------------------------------------------------------
     def noise_scale(self, v: torch.Tensor) -> torch.Tensor:
