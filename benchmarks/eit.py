@@ -1,0 +1,320 @@
+r"""EIT (pyEIT): mesh convergence, forward-solve speed, Gauss–Newton tuning and metrics.
+
+- ``--convergence``: the 208 voltages of a few prior draws on distmesh meshes of size
+  h0 = 0.1 … 0.018; relative change ‖v_h − v_ref‖ / ‖v_ref‖ to the finest mesh, for the
+  voltages and for the difference data v − v_homogeneous (what the anomalies add).
+- ``--speed``: forward solves per second on one core (single-threaded BLAS) and the
+  estimated time to simulate the published 23,810 pairs.
+- ``--tune``: the Gauss–Newton grid (λ, p, iterations) on validation draws (seed 100,
+  never the test draws), ranked by mean MSE.
+- ``--gn`` (default): Gauss–Newton metrics (MSE, PSNR, SSIM, relative L1, absolute L1,
+  dynamic range; mean ± std) on ``--num-test`` test draws (seed 0) for 2 and 4 anomalies
+  at 40 and 25 dB, beside the published GN rows (Tables 1–4).
+- ``--learned``: fits vae, flow (multiscale), CSD* and cond_score on simulated pairs
+  and scores one draw per test observation (and Gauss–Newton on the same draws) with
+  the same six metrics, on an ``--image-size`` grid (default 32 × 32: the paper's
+  128 × 128 is out of reach of a 2-core CPU). CSD*'s K′ is chosen on validation pairs.
+  Results go to ``benchmarks/results/eit_<k>anom_<snr>db_<size>px.json`` and the
+  fitted posteriors to ``out/eit_bench/`` (read by ``examples/eit.py``).
+
+Run:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eit.py --convergence --speed --gn [--num-test 50]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eit.py --tune
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eit.py --learned --methods csd_star --image-size 32 \
+        --num-train 4000 --train-steps csd_star=1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bayesinv.diagnostics import metrics as M  # noqa: E402
+from bayesinv.models import eit as E  # noqa: E402
+
+torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: Published Gauss–Newton rows (mean ± std): MSE, PSNR, SSIM, RE, AE, DR.
+PUBLISHED_GN = {
+    (2, 40): ((0.0032, 0.0004), (28.850, 0.675), (0.874, 0.011), (0.034, 0.003), (0.026, 0.002), (1.045, 0.066)),
+    (4, 40): ((0.0140, 0.006), (26.317, 1.034), (0.794, 0.047), (0.061, 0.015), (0.078, 0.019), (1.199, 0.107)),
+    (2, 25): ((0.0067, 0.0009), (24.271, 0.992), (0.804, 0.018), (0.059, 0.004), (0.046, 0.003), (0.891, 0.068)),
+    (4, 25): ((0.0164, 0.003), (24.752, 1.018), (0.747, 0.031), (0.092, 0.012), (0.072, 0.009), (1.108, 0.129)),
+}
+METRICS = ("MSE", "PSNR", "SSIM", "RE", "AE", "DR")
+
+
+def field_metrics(rec: np.ndarray, truth: np.ndarray) -> tuple[float, ...]:
+    r"""The paper's six metrics of one image (data range of the truth for PSNR and SSIM)."""
+    return (
+        M.mse(rec, truth),
+        M.psnr(rec, truth),
+        M.ssim(rec, truth),
+        M.relative_l1(rec, truth),
+        M.absolute_l1(rec, truth),
+        M.dynamic_range(rec, truth),
+    )
+
+
+def convergence(sizes: list[float], num_draws: int) -> None:
+    print(f"Mesh convergence of the 208 voltages ({num_draws} prior draws each, 2 and 4 anomalies; reference h0 = {sizes[-1]})")
+    eit2, eit4 = E.make_model(2), E.make_model(4)
+    anomalies = []
+    for eit in (eit2, eit4):
+        from bayesinv.problem import as_problem, run_batch
+
+        batch = run_batch(as_problem(eit.model), num_draws, seed=7)
+        anomalies.append((eit.conductivities, batch.values["centres"].double(), batch.values["radii"].double()))
+    results = {}
+    for h0 in sizes:
+        t0 = time.perf_counter()
+        solver = E.fem_solver(h0)
+        t_mesh = time.perf_counter() - t0
+        homog = solver.voltages(np.ones(solver.num_elements))
+        vs = []
+        t0 = time.perf_counter()
+        for values, centres, radii in anomalies:
+            perm = E.paint(solver.centres, centres, radii, values).numpy()
+            vs.append(np.stack([solver.voltages(p) for p in perm]))
+        t_solve = (time.perf_counter() - t0) / (2 * num_draws)
+        results[h0] = (np.concatenate(vs), homog, solver.mesh.n_nodes, solver.mesh.n_elems, t_mesh, t_solve)
+    ref_v, ref_h = results[sizes[-1]][:2]
+    print(f"{'h0':>6} {'nodes':>6} {'elems':>6} {'mesh s':>7} {'solve ms':>8} {'rel dv (max)':>13} {'rel dv (mean)':>14} {'rel d(v-v0) (mean)':>19}")
+    for h0, (v, homog, nodes, elems, t_mesh, t_solve) in results.items():
+        rel = np.linalg.norm(v - ref_v, axis=1) / np.linalg.norm(ref_v, axis=1)
+        diff = (v - homog) - (ref_v - ref_h)
+        rel_d = np.linalg.norm(diff, axis=1) / np.linalg.norm(ref_v - ref_h, axis=1)
+        mark = "  <- simulation mesh" if h0 == E.SIM_H0 else ("  <- Gauss-Newton mesh" if h0 == E.INV_H0 else "")
+        print(f"{h0:6.3f} {nodes:6d} {elems:6d} {t_mesh:7.1f} {1e3 * t_solve:8.1f} {rel.max():13.2e} {rel.mean():14.2e} {rel_d.mean():19.2e}{mark}")
+    print("noise at 40 dB is 1e-2 of the voltage norm; at 25 dB 5.6e-2")
+
+
+def speed(num_draws: int) -> None:
+    for k in (2, 4):
+        eit = E.make_model(k)
+        from bayesinv.problem import as_problem, run_batch
+
+        batch = run_batch(as_problem(eit.model), num_draws, seed=11)
+        centres, radii = batch.values["centres"].numpy(), batch.values["radii"].numpy()
+        E.solve_voltages(centres[:2], radii[:2], eit.conductivities)
+        t0 = time.perf_counter()
+        E.solve_voltages(centres, radii, eit.conductivities)
+        t_sim = (time.perf_counter() - t0) / num_draws
+        t0 = time.perf_counter()
+        eit.draw(seed=12, n=num_draws)
+        t_draw = (time.perf_counter() - t0) / num_draws
+        n = sum(E.PUBLISHED_SPLIT.values())
+        print(
+            f"{k} anomalies: {1 / t_sim:.1f} forward solves/s/core ({1e3 * t_sim:.1f} ms), full model draw (prior, image, "
+            f"solve, noise) {1e3 * t_draw:.1f} ms -> {n} pairs ~ {n * t_draw / 60:.0f} min on one core, "
+            f"~ {n * t_draw / 120:.0f} min with workers=2"
+        )
+
+
+def tune(num_val: int) -> None:
+    grid = list(itertools.product((0.0, 0.5, 1.0), (1e-3, 1e-2, 1e-1, 1.0), (1, 3, 6), (1.0, 0.5)))
+    grid = [g for g in grid if not (g[2] == 1 and g[3] != 1.0)]
+    for k, snr in ((2, 40), (4, 40)):
+        eit = E.make_model(k, snr)
+        sigma, y = eit.draw(seed=100, n=num_val)
+        rows = []
+        for p, lamb, it, decay in grid:
+            rec = eit.gauss_newton(y, lamb=lamb, p=p, maxiter=it, lamb_decay=decay)
+            m = np.array([field_metrics(r, s)[:3] for r, s in zip(rec, sigma)]).mean(0)
+            rows.append((m[0], p, lamb, it, decay, m[1], m[2]))
+            print(f"  .. p={p} lamb={lamb:g} maxiter={it} decay={decay}: MSE {m[0]:.4f} PSNR {m[1]:.2f} SSIM {m[2]:.3f}", flush=True)
+        print(f"validation, {k} anomalies {snr} dB ({num_val} draws, seed 100): best 8 of {len(grid)} by MSE")
+        for r in sorted(rows)[:8]:
+            print(f"  MSE {r[0]:.4f} PSNR {r[5]:.2f} SSIM {r[6]:.3f}  p={r[1]} lamb={r[2]:g} maxiter={r[3]} lamb_decay={r[4]}")
+
+
+def gauss_newton(num_test: int) -> None:
+    print(f"Gauss-Newton on {num_test} test draws (seed 0), settings {E.GN_DEFAULTS}")
+    print(f"| setting | | {' | '.join(METRICS)} | ms/recon |")
+    print("|---|---|" + "---|" * (len(METRICS) + 1))
+    for k, snr in ((2, 40), (4, 40), (2, 25), (4, 25)):
+        eit = E.make_model(k, snr)
+        sigma, y = eit.draw(seed=0, n=num_test)
+        eit.gauss_newton(y[0])
+        t0 = time.perf_counter()
+        rec = eit.gauss_newton(y)
+        t_rec = (time.perf_counter() - t0) / num_test
+        m = np.array([field_metrics(r, s) for r, s in zip(rec, sigma)])
+        ours = " | ".join(f"{a:.4g} ± {b:.2g}" for a, b in zip(m.mean(0), m.std(0)))
+        paper = " | ".join(f"{a:.4g} ± {b:.2g}" for a, b in PUBLISHED_GN[(k, snr)])
+        print(f"| {k} anomalies, {snr} dB | ours | {ours} | {1e3 * t_rec:.1f} |")
+        print(f"| | published | {paper} | |")
+
+
+#: Published rows of the learned methods (mean): MSE, PSNR, SSIM (Tables 1 and 2, 40 dB).
+PUBLISHED = {
+    (2, 40): {"gauss_newton": (0.0032, 28.85, 0.874), "vae": (0.0014, 32.80, 0.969), "flow": (0.0011, 33.79, 0.969),
+              "csd_star": (0.0015, 32.67, 0.976)},
+    (4, 40): {"gauss_newton": (0.0140, 26.32, 0.794), "flow": (0.0040, 30.98, 0.962), "csd_star": (0.0070, 28.22, 0.952)},
+}
+BENCH_OUT = Path(os.environ.get("BAYESINV_OUT", "out")) / "eit_bench"
+
+
+def _dataset(eit: "E.EIT", n: int, seed: int, tag: str):
+    r"""Simulated pairs, cached as zarr under ``out/eit_bench/data`` (resumable)."""
+    import xarray as xr
+
+    path = BENCH_OUT / "data" / f"{tag}_n{n}_seed{seed}.zarr"
+    t0 = time.perf_counter()
+    ds = E.make_dataset(n, path=str(path), eit=eit, seed=seed, chunk_size=500, progress=False)
+    ds = xr.Dataset({k: ds[k].load() for k in ("sigma", "y")})
+    return ds, time.perf_counter() - t0
+
+
+def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int):
+    r"""Fits one learned method for ``train_steps`` optimiser steps."""
+    import bayesinv
+
+    common = dict(target="sigma", data=train, seed=seed, progress=False, max_steps=train_steps)
+    if method == "vae":
+        return bayesinv.fit(eit.model, method="vae", embedding="mlp", latent_dim=64, hidden=(512, 256),
+                            regressor_hidden=(512, 256), beta=0.01, batch_size=64, patience=None, **common)  # fmt: skip
+    if method == "flow":
+        return bayesinv.fit(eit.model, method="flow", flow="multiscale", embedding="mlp", embed_dim=64, hidden=(32,),
+                            num_transforms=3, scales=2, batch_size=64, patience=None, **common)  # fmt: skip
+    from bayesinv.methods.cond_score import CondScoreConfig
+
+    cfg = CondScoreConfig(process="ve", sigma_max=10.0, embed_dim=64, base_channels=16, channel_mults=(1, 2, 2),
+                          batch_size=32, max_epochs=None, max_steps=train_steps, patience=None, lr=2e-3, ema_decay=0.99)  # fmt: skip
+    common.pop("max_steps")
+    if method == "cond_score":
+        return bayesinv.fit(eit.model, method="cond_score", config=cfg, **common)
+    if method == "csd_star":
+        return bayesinv.fit(eit.model, method="csd_star", config=cfg, solver=eit, **common)
+    raise ValueError(method)
+
+
+def learned(args) -> None:
+    import json
+
+    from _common import metadata
+
+    from bayesinv.methods.csd_star import choose_insert_step
+
+    k, snr, size = args.anomalies, args.snr, args.image_size
+    tag = f"eit_{k}anom_{snr:g}db_{size}px"
+    eit = E.make_model(k, snr, image_size=size)
+    train, t_train = _dataset(eit, args.num_train, 1, f"{k}anom_{snr:g}db_{size}px")
+    val_sigma, val_y = eit.draw(seed=100, n=args.num_val)
+    test_sigma, test_y = eit.draw(seed=0, n=args.num_test)
+    print(f"{tag}: {args.num_train} training pairs simulated/loaded in {t_train:.0f} s; {args.num_val} validation,"
+          f" {args.num_test} test draws (seed 0)", flush=True)  # fmt: skip
+    results_path = Path(__file__).resolve().parent / "results" / f"{tag}.json"
+    payload = json.loads(results_path.read_text()) if results_path.exists() else {"methods": {}}
+    payload.update(metadata("2-core CPU, no GPU, shared with other jobs"), image_size=size, num_train=args.num_train,
+                   num_val=args.num_val, num_test=args.num_test, anomalies=k, snr_db=snr)  # fmt: skip
+    t0 = time.perf_counter()
+    gn_test = eit.gauss_newton(test_y)
+    t_gn = (time.perf_counter() - t0) / args.num_test
+    BENCH_OUT.mkdir(parents=True, exist_ok=True)
+    for method in args.methods:
+        extra: dict = {}
+        if method == "gauss_newton":
+            rec, fit_s, sample_s = gn_test, 0.0, t_gn * args.num_test
+        else:
+            saved = BENCH_OUT / f"{tag}_{method}.bayesinv"
+            t0 = time.perf_counter()
+            if args.reuse and saved.exists():
+                import bayesinv
+
+                post = bayesinv.load(saved)
+                post.solver = eit
+                fit_s = float(post.info.get("fit_time_s") or math.nan)
+                print(f"  {method}: reusing {saved} (fitted in {fit_s:.0f} s)", flush=True)
+            else:
+                post = _fit(method, eit, train, args.train_steps.get(method, 1000), args.seed)
+                fit_s = time.perf_counter() - t0
+            scalars = {key: v for key, v in post.info.items() if isinstance(v, (int, float, bool, type(None)))}
+            print(f"  {method}: fitted in {fit_s:.0f} s, {scalars}", flush=True)
+            options: dict = {}
+            if method == "csd_star":
+                options = {"steps": args.steps}
+                gn_val = eit.gauss_newton(val_y)
+                cands = sorted({max(1, int(round(f * args.steps))) for f in args.fractions})
+                t0 = time.perf_counter()
+                best, table = choose_insert_step(post, val_y, val_sigma, cands, start=gn_val, steps=args.steps)
+                extra = {"insert_step": best, "steps": args.steps, "validation_mse": table,
+                         "choose_time_s": time.perf_counter() - t0}  # fmt: skip
+                print(f"  csd_star: K' of K = {args.steps} on validation: {table} -> {best}", flush=True)
+                options["start"] = gn_test
+            elif method == "cond_score":
+                options = {"sampler": "sde", "steps": args.steps}
+            t0 = time.perf_counter()
+            rec = post.sample(test_y, 1, seed=args.seed, **options)["sigma"][:, 0].numpy()
+            sample_s = time.perf_counter() - t0
+            post.save(BENCH_OUT / f"{tag}_{method}.bayesinv")
+            extra["info"] = {key: v for key, v in post.info.items() if isinstance(v, (int, float, bool, type(None)))}
+        m = np.array([field_metrics(r, s) for r, s in zip(rec, test_sigma)])
+        row = {"mean": m.mean(0).tolist(), "std": m.std(0).tolist(), "fit_time_s": fit_s, "sample_time_s": sample_s, **extra}
+        # re-read: several runs (one per method) may write the same file
+        payload = json.loads(results_path.read_text()) if results_path.exists() else payload
+        payload.setdefault("methods", {})[method if args.label is None else f"{method}_{args.label}"] = {**row, "run": metadata("2-core CPU, no GPU, shared with other jobs")}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(payload, indent=1, default=float))
+        print(f"| {method} | " + " | ".join(f"{a:.4g} ± {b:.2g}" for a, b in zip(m.mean(0), m.std(0)))
+              + f" | fit {fit_s:.0f} s | sample {sample_s:.1f} s |", flush=True)  # fmt: skip
+    print(f"wrote {results_path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--convergence", action="store_true")
+    parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--gn", action="store_true")
+    parser.add_argument("--learned", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=["gauss_newton", "vae", "flow", "csd_star", "cond_score"])
+    parser.add_argument("--anomalies", type=int, default=2)
+    parser.add_argument("--snr", type=float, default=40.0)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--num-train", type=int, default=4000)
+    parser.add_argument("--train-steps", nargs="+", default=["vae=3000", "flow=400", "csd_star=1000", "cond_score=1000"],
+                        help="optimiser steps per method, as method=steps")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="reverse-process steps: K of CSD* (K' is chosen as a fraction of it), SDE steps of cond_score")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.75],
+                        help="CSD* candidates K'/K tried on the validation pairs")
+    parser.add_argument("--reuse", action="store_true", help="load the posteriors saved by an earlier run instead of fitting")
+    parser.add_argument("--label", default=None, help="store the rows under method + '_' + label")
+    parser.add_argument("--num-test", type=int, default=50)
+    parser.add_argument("--num-val", type=int, default=10)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.07, 0.05, 0.035, 0.025, 0.018])
+    args = parser.parse_args()
+    if args.learned:
+        args.train_steps = {k: int(v) for k, v in (item.split("=") for item in args.train_steps)}
+        learned(args)
+        return
+    if not (args.convergence or args.speed or args.tune or args.gn):
+        args.gn = True
+    print(f"# benchmarks/eit.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  cpus={os.cpu_count()} torch threads=1")
+    if args.convergence:
+        convergence(sorted(args.sizes, reverse=True), 5)
+    if args.speed:
+        speed(40)
+    if args.tune:
+        tune(args.num_val)
+    if args.gn:
+        gauss_newton(args.num_test)
+
+
+if __name__ == "__main__":
+    main()
