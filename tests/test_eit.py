@@ -180,3 +180,11 @@ def test_workers_give_the_same_voltages(eit2, data2):
     finally:
         sim.close()
     np.testing.assert_allclose(out, data2["_sim_eit_voltages"].values[:4], rtol=1e-5, atol=1e-7)
+
+
+def test_coarser_image_grid(data2):
+    eit = E.make_model(num_anomalies=2, snr_db=40, image_size=32)
+    assert "image_size=32" in repr(eit)
+    sigma = eit.sigma_image(torch.as_tensor(data2["centres"].values[:2]), torch.as_tensor(data2["radii"].values[:2]))
+    assert sigma.shape == (2, 32, 32) and (sigma[:, ~torch.as_tensor(eit.grid.inside)] == 0).all()
+    assert eit.gauss_newton(data2["y"].values[:2]).shape == (2, 32, 32)
