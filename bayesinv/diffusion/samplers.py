@@ -76,7 +76,14 @@ def _velocity(score_fn: ScoreFn, x: Tensor, t: Tensor, process: Process) -> Tens
 
 
 def _times(x: Tensor, steps: int, t_min: float, t_start: float = 1.0) -> Tensor:
-    return torch.linspace(t_start, t_min, steps + 1, dtype=x.dtype, device=x.device)
+    r"""``steps + 1`` times from ``t_start`` down to ``t_min``, uniform in :math:`\sqrt{t - t_{min}}`.
+
+    Near t = 0 both VE and VP have σ(t)² ∝ t, so the grid is about uniform in σ: the last
+    Euler–Maruyama steps, whose injected noise is g √Δt, stay below the noise level they
+    leave (a uniform grid in t jumps from σ ≈ √Δt straight to σ(t_min) in one step).
+    """
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=x.dtype, device=x.device)
+    return t_min + (t_start - t_min) * u.square()
 
 
 def tweedie_denoise(score_fn: ScoreFn, x: Tensor, t: Tensor | float, process: Process) -> Tensor:

@@ -121,7 +121,7 @@ class CondScoreConfig:
     min_levels: int = 20
     steps_per_level: int = 5
     eps: float | None = None
-    t_min: float = 1e-3
+    t_min: float = 1e-5
     time_sampling: str = "mixed"
     normalization: str = "minmax"
     max_epochs: int | None = 200
