@@ -15,7 +15,9 @@ r"""EIT (pyEIT): mesh convergence, forward-solve speed, Gauss–Newton tuning an
   the same six metrics, on an ``--image-size`` grid (default 32 × 32: the paper's
   128 × 128 is out of reach of a 2-core CPU). CSD*'s K′ is chosen on validation pairs.
   Results go to ``benchmarks/results/eit_<k>anom_<snr>db_<size>px.json`` and the
-  fitted posteriors to ``out/eit_bench/`` (read by ``examples/eit.py``).
+  fitted posteriors to ``out/eit_bench/`` (read by ``examples/eit.py``). ``--reuse``
+  loads those posteriors instead of fitting; ``--test-anomalies``/``--test-snr`` test on
+  another prior or noise level (the generalisation test).
 
 Run:
 
@@ -145,6 +147,7 @@ def gauss_newton(num_test: int) -> None:
     print(f"Gauss-Newton on {num_test} test draws (seed 0), settings {E.GN_DEFAULTS}")
     print(f"| setting | | {' | '.join(METRICS)} | ms/recon |")
     print("|---|---|" + "---|" * (len(METRICS) + 1))
+    rows: dict = {}
     for k, snr in ((2, 40), (4, 40), (2, 25), (4, 25)):
         eit = E.make_model(k, snr)
         sigma, y = eit.draw(seed=0, n=num_test)
@@ -156,7 +159,14 @@ def gauss_newton(num_test: int) -> None:
         ours = " | ".join(f"{a:.4g} ± {b:.2g}" for a, b in zip(m.mean(0), m.std(0)))
         paper = " | ".join(f"{a:.4g} ± {b:.2g}" for a, b in PUBLISHED_GN[(k, snr)])
         print(f"| {k} anomalies, {snr} dB | ours | {ours} | {1e3 * t_rec:.1f} |")
+        rows[f"{k}anom_{snr}db"] = {"mean": m.mean(0).tolist(), "std": m.std(0).tolist(), "ms_per_reconstruction": 1e3 * t_rec}
         print(f"| | published | {paper} | |")
+    from _common import metadata, write_results
+
+    path = write_results("eit_gauss_newton_128px", {**metadata("2-core CPU, no GPU, shared with other jobs"),
+                         "metrics": list(METRICS), "num_test": num_test, "settings": {k: str(v) for k, v in E.GN_DEFAULTS.items()},
+                         "rows": rows})  # fmt: skip
+    print(f"wrote {path}")
 
 
 #: Published rows of the learned methods (mean): MSE, PSNR, SSIM (Tables 1 and 2, 40 dB).
@@ -214,13 +224,17 @@ def learned(args) -> None:
     eit = E.make_model(k, snr, image_size=size)
     train, t_train = _dataset(eit, args.num_train, 1, f"{k}anom_{snr:g}db_{size}px")
     val_sigma, val_y = eit.draw(seed=100, n=args.num_val)
-    test_sigma, test_y = eit.draw(seed=0, n=args.num_test)
+    test_k, test_snr = args.test_anomalies or k, args.test_snr or snr
+    test_eit = eit if (test_k, test_snr) == (k, snr) else E.make_model(test_k, test_snr, image_size=size)
+    test_sigma, test_y = test_eit.draw(seed=0, n=args.num_test)
+    result_tag = tag if test_eit is eit else f"{tag}_test_{test_k}anom_{test_snr:g}db"
     print(f"{tag}: {args.num_train} training pairs simulated/loaded in {t_train:.0f} s; {args.num_val} validation,"
           f" {args.num_test} test draws (seed 0)", flush=True)  # fmt: skip
-    results_path = Path(__file__).resolve().parent / "results" / f"{tag}.json"
+    results_path = Path(__file__).resolve().parent / "results" / f"{result_tag}.json"
     payload = json.loads(results_path.read_text()) if results_path.exists() else {"methods": {}}
     payload.update(metadata("2-core CPU, no GPU, shared with other jobs"), image_size=size, num_train=args.num_train,
-                   num_val=args.num_val, num_test=args.num_test, anomalies=k, snr_db=snr)  # fmt: skip
+                   num_val=args.num_val, num_test=args.num_test, anomalies=k, snr_db=snr,
+                   test_anomalies=test_k, test_snr_db=test_snr)  # fmt: skip
     t0 = time.perf_counter()
     gn_test = eit.gauss_newton(test_y)
     t_gn = (time.perf_counter() - t0) / args.num_test
@@ -285,6 +299,8 @@ def main() -> None:
     parser.add_argument("--anomalies", type=int, default=2)
     parser.add_argument("--snr", type=float, default=40.0)
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--test-anomalies", type=int, default=None, help="test on another prior (generalisation test)")
+    parser.add_argument("--test-snr", type=float, default=None, help="test at another noise level (generalisation test)")
     parser.add_argument("--num-train", type=int, default=4000)
     parser.add_argument("--train-steps", nargs="+", default=["vae=3000", "flow=400", "csd_star=1000", "cond_score=1000"],
                         help="optimiser steps per method, as method=steps")
