@@ -61,7 +61,7 @@ def test_shapes_options_and_stats(post, data):
     y = data["y"].values[:3]
     draws = post.sample(y, 2, seed=0)["field"]
     assert isinstance(post, CSDStarPosterior) and draws.shape == (3, 2, SIZE, SIZE)
-    assert post.insert_step == 40 and post.insert_time() == pytest.approx(1e-3 + (1 - 1e-3) * 0.4)
+    assert post.insert_step == 40 and post.insert_time() == pytest.approx(post.config["t_min"] + (1 - post.config["t_min"]) * 0.4**2)
     idata = post.infer(y[0], num_samples=2, insert_step=10)
     assert idata.posterior["field"].shape == (1, 2, SIZE, SIZE)
     assert int(idata.sample_stats["insert_step"]) == 10 and int(idata.sample_stats["nfe"]) == 2 * 10 + 1

@@ -94,13 +94,17 @@ class CSDStarPosterior(AmortizedPosterior):
         self.config["insert_step"] = int(value)
 
     def insert_time(self, insert_step: int | None = None, steps: int | None = None, t_min: float | None = None) -> float:
-        r"""The diffusion time :math:`t' = t_{min} + (1 - t_{min}) K'/K` of step K′ of K."""
+        r"""The diffusion time :math:`t' = t_{min} + (1 - t_{min}) (K'/K)^2` of step K′ of K.
+
+        The samplers' K-step grid is uniform in :math:`\sqrt{t - t_{min}}`, so the K′ steps
+        from t′ are exactly the last K′ steps of the full K-step reverse process.
+        """
         k = int(self.config["steps"] if steps is None else steps)
         kp = int(self.insert_step if insert_step is None else insert_step)
         if not 0 < kp <= k:
             raise ProblemError(f"insert_step K' must lie in 1..K = {k}, got {kp}")
         t_min = float(self.config["t_min"] if t_min is None else t_min)
-        return t_min + (1.0 - t_min) * kp / k
+        return t_min + (1.0 - t_min) * (kp / k) ** 2
 
     def reconstruct(self, y: Any, solver: Any = None, **gn_options: Any) -> Tensor:
         r"""The solver's reconstruction(s) of ``y`` ``(*B, 208)`` → normalised flat ``(B, D)``."""
