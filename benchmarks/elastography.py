@@ -169,7 +169,7 @@ def main() -> None:
         payload["result"] = res
         path = write_results(f"elastography_{noise:g}" + (f"_{args.tag}" if args.tag else ""), payload)
         pub = PUBLISHED.get(noise, (float("nan"),) * 2)
-        print(f"| σ_η | mean RMSE (published) | std RMSE (published) | fit | sampling / inclusion |")
+        print("| σ_η | mean RMSE (published) | std RMSE (published) | fit | sampling / inclusion |")
         print(f"| {noise:g} | {res['mean_rmse']:.3f} ({pub[0]}) | {res['std_rmse']:.3f} ({pub[1]}) | {res['fit_time_s']:.0f} s "
               f"| {res['sample_time_s']:.0f} s ({args.num_draws} draws) |")  # fmt: skip
         print(f"wrote {path}", flush=True)
