@@ -1,0 +1,73 @@
+r"""Markdown tables for docs/benchmarks.md from the result files of the benchmark scripts.
+
+Run:  python benchmarks/tables.py conditional_densities two_moons
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+from _common import RESULTS
+
+PUBLISHED_OT = {"ve": {"tanh": 0.072, "bimodal": 0.118, "spiral": 0.042}, "vp": {"tanh": 0.059, "bimodal": 0.103, "spiral": 0.041}}
+
+
+def conditional_densities() -> None:
+    rows, floor, meta = [], {}, []
+    for path in sorted(RESULTS.glob("conditional_densities_*.json")):
+        d = json.loads(path.read_text())
+        meta.append(f"- `{d['meta']['command']}` ({d['meta']['date_utc']}, commit {d['meta']['git_commit']})")
+        for name, entry in d["problems"].items():
+            floor[name] = entry["floor_mean"]
+            for v in entry["variants"]:
+                sampler = v["sample_options"].get("sampler", "")
+                label = f"{d['method']} {d['label']}" + (f" {sampler}" if sampler else "")
+                rows.append((label, name, v["sinkhorn_mean"], entry["fit_time_s"], v["sample_time_s"]))
+    problems = [p for p in ("tanh", "bimodal", "spiral") if p in floor]
+    table = defaultdict(dict)
+    times = defaultdict(dict)
+    for label, name, value, fit, sample in rows:
+        table[label][name] = value
+        times[label][name] = (fit, sample)
+    print("| method | " + " | ".join(problems) + " | fit (s) | 4 × 10,000 draws (s) |")
+    print("|---" * (len(problems) + 3) + "|")
+    for label, values in table.items():
+        cells = [f"{values[p]:.3f}" if p in values else "–" for p in problems]
+        fit = np.mean([times[label][p][0] for p in values])
+        sample = np.mean([times[label][p][1] for p in values])
+        print(f"| {label} | " + " | ".join(cells) + f" | {fit:.0f} | {sample:.0f} |")
+    for kind in ("ve", "vp"):
+        print(f"| published {kind.upper()} | " + " | ".join(f"{PUBLISHED_OT[kind][p]:.3f}" for p in problems) + " | | |")
+    print("| floor (reference vs independent reference) | " + " | ".join(f"{floor[p]:.3f}" for p in problems) + " | | |")
+    print()
+    print("\n".join(meta))
+
+
+def two_moons(label: str = "default") -> None:
+    d = json.loads((RESULTS / f"two_moons_{label}.json").read_text())
+    per = defaultdict(dict)
+    times = defaultdict(list)
+    for r in d["results"]:
+        per[r["method"]][r["observation"]] = r["c2st"]
+        times[r["method"]].append(r["sample_time_s"])
+    observations = sorted({r["observation"] for r in d["results"]})
+    print("| method | " + " | ".join(f"obs {o}" for o in observations) + " | mean | fit (s) | 10,000 draws (s) |")
+    print("|---" * (len(observations) + 4) + "|")
+    for method, values in per.items():
+        fit = d["fits"]["cond_score" if method.startswith("cond_score") else method]["fit_time_s"]
+        cells = [f"{values[o]:.3f}" if o in values else "–" for o in observations]
+        print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(values.values())):.3f} | {fit:.0f} | {np.median(times[method]):.2f} |")
+    m = d["meta"]
+    print(f"\n`{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("tables", nargs="+", choices=("conditional_densities", "two_moons"))
+    for name in p.parse_args().tables:
+        globals()[name]()
+        print()
