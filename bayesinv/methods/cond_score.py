@@ -151,6 +151,18 @@ class CondScoreConfig:
         if self.embedding not in ("auto", "none", "mlp", "cnn"):
             raise ProblemError(f"embedding must be 'auto', 'none', 'mlp' or 'cnn', got {self.embedding!r}")
 
+    def to_json(self) -> dict[str, Any]:
+        r"""The settings as a JSON-able dict (tuples as lists), as saved with a posterior."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def process_spec(self) -> dict[str, Any]:
+        r"""The continuous-time process (``"ve"`` or ``"vp"``) as the JSON-able spec of the network."""
+        if self.process == "ve":
+            return {"kind": "ve", "sigma_max": self.sigma_max}
+        if self.process == "vp":
+            return {"kind": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max}
+        raise ProblemError(f"process {self.process!r} has no continuous-time spec; NCSN levels come from the data")
+
     def train_config(self, *, seed: int, device: torch.device, progress: bool | None) -> TrainConfig:
         names = ("max_epochs", "max_steps", "batch_size", "lr", "lr_schedule", "patience", "ema_decay",
                  "val_fraction", "grad_clip", "weight_decay")  # fmt: skip
@@ -217,8 +229,9 @@ class CondScoreNet(nn.Module):
         r"""Sets the input preconditioning from training targets ``(N, D)`` and conditions ``(N, C)``."""
         self.x_mean.copy_(x.mean(0))
         self.x_std.copy_(x.std(0).clamp_min(1e-6))
-        self.c_mean.copy_(c.mean(0))
-        self.c_std.copy_(c.std(0).clamp_min(1e-6))
+        if c.shape[-1]:  # an unconditional net (CSD*) has no condition to standardise
+            self.c_mean.copy_(c.mean(0))
+            self.c_std.copy_(c.std(0).clamp_min(1e-6))
 
     def _embedding(self, spec: Mapping[str, Any] | None, act) -> nn.Module | None:
         if not spec:
@@ -508,14 +521,9 @@ def cond_score(
     c_norm = Normalizer(torch.cat([obs_norm.shift, torch.zeros(n_extra)]), torch.cat([obs_norm.scale, torch.ones(n_extra)]))
     x, c = x_norm(x), c_norm(c)
 
-    if cfg.process == "ncsn":
-        proc = _levels(cfg, x, seed)
-    elif cfg.process == "ve":
-        proc = {"kind": "ve", "sigma_max": cfg.sigma_max}
-    else:
-        proc = {"kind": "vp", "beta_min": cfg.beta_min, "beta_max": cfg.beta_max}
+    proc = _levels(cfg, x, seed) if cfg.process == "ncsn" else cfg.process_spec()
     spec = _net_spec(cfg, t_layout, c_layout, proc)
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    settings = cfg.to_json()
     settings.update(sampler=cfg.sampler or DEFAULT_SAMPLER[cfg.process], net=spec)
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):

@@ -277,17 +277,16 @@ def csd_star(
     x_norm = Normalizer.fit(x, kind=cfg.normalization, groups=t_layout.groups())
     c_norm = Normalizer(torch.zeros(c_layout.dim), torch.ones(c_layout.dim))  # raw y goes to the solver
     x = x_norm(x)
-    proc = {"kind": "ve", "sigma_max": cfg.sigma_max} if cfg.process == "ve" else {"kind": "vp", "beta_min": cfg.beta_min, "beta_max": cfg.beta_max}
+    proc = cfg.process_spec()
     spec = _net_spec(dataclasses.replace(cfg, network="unet", embedding="auto"), t_layout, Layout((), ()), proc)
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    settings = cfg.to_json()
     settings.update(net=spec, insert_step=int(insert_step), steps=int(steps), corrector_steps=int(corrector_steps),
                     snr=float(snr), gn_options=dict(gn_options or {}))  # fmt: skip
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         net = CondScoreNet(spec)
-        net.x_mean.copy_(x.mean(0))  # input preconditioning (no condition to standardise)
-        net.x_std.copy_(x.std(0).clamp_min(1e-6))
+        net.set_statistics(x, x.new_zeros(len(x), 0))  # input preconditioning; no condition
         net = net.to(dev)
         process_ = net.process
         empty = torch.zeros(0, device=dev)
