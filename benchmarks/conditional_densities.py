@@ -12,6 +12,8 @@ reference (another 100,000 joint draws): the value a perfect sampler would get.
 Generic over ``--method``: any amortized method registered in bayesinv
 (``cond_score``, ``flow``, ``vae``); ``--fit-options`` (JSON) go to ``bayesinv.fit``,
 each entry of ``--sample-options`` (JSON list) is one sampling variant.
+``--merge`` adds the problems of this run to an earlier result file of the same method,
+label and options instead of replacing it (each problem keeps the command that made it).
 
 Example:
     python benchmarks/conditional_densities.py --method cond_score --label ve \
@@ -31,7 +33,7 @@ import bayesinv
 from bayesinv.diagnostics import sinkhorn_distance
 from bayesinv.models.toy import CONDITIONAL_DENSITIES
 
-from _common import metadata, set_threads, write_results
+from _common import RESULTS, metadata, set_threads, write_results
 
 Y_VALUES = (-0.5, 0.0, 0.5, 1.0)
 
@@ -57,6 +59,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--machine", default="2-core CPU, no GPU (shared with other jobs)")
+    p.add_argument("--merge", action="store_true", help="keep the other problems of an earlier result file with this label")
     args = p.parse_args()
     set_threads(args.threads)
     fit_options = json.loads(args.fit_options)
@@ -70,6 +73,14 @@ def main() -> None:
     out = {"meta": metadata(args.machine), "method": args.method, "label": args.label, "fit_options": fit_options,
            "sinkhorn": {**sk, "cost": "euclidean (not squared)", "solver": "log-domain, 1000 iterations max"},
            "y_values": list(Y_VALUES), "problems": {}}  # fmt: skip
+    name_out = f"conditional_densities_{args.method}_{args.label}"
+    if args.merge and (RESULTS / f"{name_out}.json").exists():
+        earlier = json.loads((RESULTS / f"{name_out}.json").read_text())
+        if earlier["fit_options"] != fit_options or earlier["sinkhorn"] != out["sinkhorn"]:
+            raise SystemExit(f"--merge: {name_out}.json was made with other fit or Sinkhorn options; use another --label")
+        for entry in earlier["problems"].values():
+            entry.setdefault("meta", earlier["meta"])
+        out["problems"] = {k: v for k, v in earlier["problems"].items() if k not in args.problems}
     for name in args.problems:
         model = CONDITIONAL_DENSITIES[name]
         refs, refs2 = band_references(model, args.num_joint, args.seed + 1), band_references(model, args.num_joint, args.seed + 2)
@@ -78,7 +89,7 @@ def main() -> None:
         t0 = time.perf_counter()
         post = bayesinv.fit(model, method=args.method, target="x", data=data, seed=args.seed, progress=False, **fit_kwargs)
         fit_time = time.perf_counter() - t0
-        entry = {"fit_time_s": fit_time, "reference_sizes": [len(r) for r in refs], "floor_per_y": floor,
+        entry = {"meta": out["meta"], "fit_time_s": fit_time, "reference_sizes": [len(r) for r in refs], "floor_per_y": floor,
                  "floor_mean": float(np.mean(floor)), "info": getattr(post, "info", {}), "variants": []}  # fmt: skip
         for options in variants:
             t0 = time.perf_counter()
@@ -91,7 +102,7 @@ def main() -> None:
             print(f"{name:8s} {args.label:10s} {json.dumps(options):30s} sinkhorn {np.mean(dist):.4f}"
                   f" (floor {np.mean(floor):.4f}) fit {fit_time:.0f}s sample {sample_time:.1f}s", flush=True)
         out["problems"][name] = entry
-        path = write_results(f"conditional_densities_{args.method}_{args.label}", out)
+        path = write_results(name_out, out)
     print("wrote", path)
 
 

@@ -20,8 +20,11 @@ def conditional_densities() -> None:
     rows, floor, meta = [], {}, []
     for path in sorted(RESULTS.glob("conditional_densities_*.json")):
         d = json.loads(path.read_text())
-        meta.append(f"- `{d['meta']['command']}` ({d['meta']['date_utc']}, commit {d['meta']['git_commit']})")
         for name, entry in d["problems"].items():
+            m = entry.get("meta", d["meta"])
+            line = f"- `{m['command']}` ({m['date_utc']}, commit {m['git_commit']})"
+            if line not in meta:
+                meta.append(line)
             floor[name] = entry["floor_mean"]
             for v in entry["variants"]:
                 sampler = v["sample_options"].get("sampler", "")
