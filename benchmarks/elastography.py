@@ -16,6 +16,8 @@ For each noise level σ_η the script
    ``--refine`` zoom-in stages of ``--num-local`` draws): RMSE of the means and of the
    stds, averaged over the test inclusions, beside the published cSDM figures.
 
+``--reuse`` skips step 3 and evaluates the posterior an earlier run saved.
+
 Writes ``benchmarks/results/elastography_<σ_η>[_<tag>].json`` and prints a table.
 
 Run (2-core CPU: ~15 minutes per noise level with the defaults):
@@ -81,12 +83,20 @@ def run_noise(noise: float, ds, args) -> dict:
         network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults), batch_size=args.batch_size,
         max_epochs=None, max_steps=args.max_steps, lr=args.lr, ema_decay=args.ema, patience=None, val_fraction=0.05,
     )  # fmt: skip
-    t0 = time.perf_counter()
-    post = bayesinv.fit(problem.model, method="cond_score", target="mu", data=data, seed=0, progress=False, device="cpu",
-                        config=config)  # fmt: skip
-    fit_time = time.perf_counter() - t0
-    OUT.mkdir(parents=True, exist_ok=True)
-    post.save(OUT / f"cond_score_{noise:g}.bayesinv")
+    saved = OUT / f"cond_score_{noise:g}.bayesinv"
+    if args.reuse:
+        post = bayesinv.load(saved)
+        steps = post.info.get("train_steps")
+        if steps != args.max_steps:
+            raise SystemExit(f"--reuse: {saved} was trained for {steps} steps, not --max-steps {args.max_steps}")
+        fit_time = post.info["fit_time_s"]  # of the run that trained it
+    else:
+        t0 = time.perf_counter()
+        post = bayesinv.fit(problem.model, method="cond_score", target="mu", data=data, seed=0, progress=False,
+                            device="cpu", config=config)  # fmt: skip
+        fit_time = time.perf_counter() - t0
+        OUT.mkdir(parents=True, exist_ok=True)
+        post.save(saved)
     rows = []
     for i in range(args.num_test):
         center, y = problem.draw(seed=100 + i)
@@ -129,6 +139,7 @@ def run_noise(noise: float, ds, args) -> dict:
         "mean_rmse": float(np.mean([r["mean_rmse"] for r in rows])),
         "std_rmse": float(np.mean([r["std_rmse"] for r in rows])),
         "fit_time_s": fit_time,
+        "reused": str(saved) if args.reuse else None,
         "train_time_s": info.get("train_time_s"),
         "train_steps": info.get("train_steps"),
         "best_val_loss": info.get("best_val_loss"),
@@ -156,6 +167,9 @@ def main() -> None:
     parser.add_argument("--num-local", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default=None, help="suffix of the results file")
+    parser.add_argument("--reuse", action="store_true",
+                        help="load out/elastography/cond_score_<σ_η>.bayesinv (trained by an earlier run with the same "
+                             "--max-steps) instead of fitting; the fit time reported is that run's")
     args = parser.parse_args()
     set_threads(args.threads)
     payload = {"meta": metadata("2-core CPU, no GPU, shared"), "args": vars(args)}
