@@ -50,22 +50,30 @@ def conditional_densities() -> None:
     print("\n".join(meta))
 
 
-def two_moons(label: str = "default") -> None:
-    d = json.loads((RESULTS / f"two_moons_{label}.json").read_text())
-    per = defaultdict(dict)
-    times = defaultdict(list)
-    for r in d["results"]:
-        per[r["method"]][r["observation"]] = r["c2st"]
-        times[r["method"]].append(r["sample_time_s"])
-    observations = sorted({r["observation"] for r in d["results"]})
-    print("| method | " + " | ".join(f"obs {o}" for o in observations) + " | mean | fit (s) | 10,000 draws (s) |")
+def two_moons() -> None:
+    r"""One C2ST table from every ``two_moons_*.json`` (runs over disjoint observations are merged)."""
+    per, times, fits, commands = defaultdict(dict), defaultdict(list), defaultdict(list), []
+    for path in sorted(RESULTS.glob("two_moons_*.json")):
+        d = json.loads(path.read_text())
+        for r in d["results"]:
+            if r["observation"] in per[r["method"]]:
+                raise SystemExit(f"{path.name}: observation {r['observation']} of {r['method']} is in two result files")
+            per[r["method"]][r["observation"]] = r["c2st"]
+            times[r["method"]].append(r["sample_time_s"])
+        for method in {r["method"] for r in d["results"]}:
+            fits[method].append(d["fits"]["cond_score" if method.startswith("cond_score") else method]["fit_time_s"])
+        obs = sorted({r["observation"] for r in d["results"]})
+        m = d["meta"]
+        commands.append(f"- observations {obs[0]}–{obs[-1]}: `{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})")
+    observations = sorted({o for values in per.values() for o in values})
+    print("| method | " + " | ".join(f"obs {o}" for o in observations) + " | mean | fit (s), per run | 10,000 draws (s) |")
     print("|---" * (len(observations) + 4) + "|")
     for method, values in per.items():
-        fit = d["fits"]["cond_score" if method.startswith("cond_score") else method]["fit_time_s"]
         cells = [f"{values[o]:.3f}" if o in values else "–" for o in observations]
-        print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(values.values())):.3f} | {fit:.0f} | {np.median(times[method]):.2f} |")
-    m = d["meta"]
-    print(f"\n`{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})")
+        fit = " / ".join(f"{f:.0f}" for f in fits[method])
+        print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(values.values())):.3f} | {fit} | {np.median(times[method]):.2f} |")
+    print()
+    print("\n".join(commands))
 
 
 if __name__ == "__main__":
