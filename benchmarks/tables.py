@@ -1,6 +1,6 @@
 r"""Markdown tables for docs/benchmarks.md from the result files of the benchmark scripts.
 
-Run:  python benchmarks/tables.py conditional_densities two_moons
+Run:  python benchmarks/tables.py conditional_densities two_moons two_moons_samplers
 """
 
 from __future__ import annotations
@@ -50,10 +50,16 @@ def conditional_densities() -> None:
     print("\n".join(meta))
 
 
-def two_moons() -> None:
-    r"""One C2ST table from every ``two_moons_*.json`` (runs over disjoint observations are merged)."""
+def two_moons(samplers: bool = False) -> None:
+    r"""One C2ST table from the ``two_moons_*.json`` files (runs over disjoint observations are merged).
+
+    The sampler study (``two_moons_samplers.json``: cond_score's samplers beside NPSE on
+    observations 1–3) is its own table (``two_moons_samplers``).
+    """
     per, times, fits, commands = defaultdict(dict), defaultdict(list), defaultdict(list), []
     for path in sorted(RESULTS.glob("two_moons_*.json")):
+        if (path.stem == "two_moons_samplers") != samplers:
+            continue
         d = json.loads(path.read_text())
         for r in d["results"]:
             if r["observation"] in per[r["method"]]:
@@ -65,6 +71,9 @@ def two_moons() -> None:
         obs = sorted({r["observation"] for r in d["results"]})
         m = d["meta"]
         commands.append(f"- observations {obs[0]}–{obs[-1]}: `{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})")
+    if not per:
+        print("(no two_moons result files)")
+        return
     observations = sorted({o for values in per.values() for o in values})
     print("| method | " + " | ".join(f"obs {o}" for o in observations) + " | mean | fit (s), per run | 10,000 draws (s) |")
     print("|---" * (len(observations) + 4) + "|")
@@ -78,7 +87,10 @@ def two_moons() -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("tables", nargs="+", choices=("conditional_densities", "two_moons"))
+    p.add_argument("tables", nargs="+", choices=("conditional_densities", "two_moons", "two_moons_samplers"))
     for name in p.parse_args().tables:
-        globals()[name]()
+        if name == "two_moons_samplers":
+            two_moons(samplers=True)
+        else:
+            globals()[name]()
         print()

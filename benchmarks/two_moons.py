@@ -65,8 +65,24 @@ def fit_bayesinv(method, theta, x, args):
 
     if method != "cond_score":
         return fit_time, {method: sample}, post.info
-    fns = {f"cond_score_{s}": (lambda x_o, n, s=s: sample(x_o, n, sampler=s)) for s in args.cond_score_samplers}
+    fns = {}
+    for spec in args.cond_score_samplers:
+        sampler, options = parse_sampler(spec)
+        name = "cond_score_" + spec.replace(",", "_").replace("=", "")
+        fns[name] = lambda x_o, n, sampler=sampler, options=options: sample(x_o, n, sampler=sampler, **options)
     return fit_time, fns, post.info
+
+
+def parse_sampler(spec: str) -> tuple[str, dict]:
+    r"""``"ode"``, ``"ode,rtol=1e-3,atol=1e-3"`` or ``"sde,steps=100"`` → (sampler, options)."""
+    sampler, *pairs = spec.split(",")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--cond-score-samplers: {pair!r} in {spec!r} is not key=value")
+        options[key] = int(value) if key == "steps" else float(value)
+    return sampler, options
 
 
 def fit_sbi(kind, theta, x, args):
@@ -95,7 +111,8 @@ def main() -> None:
     p.add_argument("--num-simulations", type=int, default=10_000)
     p.add_argument("--num-draws", type=int, default=10_000)
     p.add_argument("--fit-options", default=json.dumps(DEFAULT_FIT_OPTIONS), help="JSON: method -> bayesinv.fit options")
-    p.add_argument("--cond-score-samplers", nargs="+", default=["ode", "sde"])
+    p.add_argument("--cond-score-samplers", nargs="+", default=["ode", "sde"],
+                   help='sampler[,option=value...], e.g. ode  "ode,rtol=1e-3,atol=1e-3"  "sde,steps=100"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--label", default="default")
