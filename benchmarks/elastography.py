@@ -82,13 +82,15 @@ def run_noise(noise: float, ds, args) -> dict:
     config = CondScoreConfig(
         network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults), batch_size=args.batch_size,
         max_epochs=None, max_steps=args.max_steps, lr=args.lr, ema_decay=args.ema, patience=None, val_fraction=0.05,
+        t_min=args.t_min,
     )  # fmt: skip
     saved = OUT / f"cond_score_{noise:g}.bayesinv"
     if args.reuse:
         post = bayesinv.load(saved)
-        steps = post.info.get("train_steps")
-        if steps != args.max_steps:
-            raise SystemExit(f"--reuse: {saved} was trained for {steps} steps, not --max-steps {args.max_steps}")
+        steps, t_min = post.info.get("train_steps"), post.config.get("t_min")
+        if steps != args.max_steps or t_min != args.t_min:
+            raise SystemExit(f"--reuse: {saved} was trained for {steps} steps with t_min={t_min}, "
+                             f"not --max-steps {args.max_steps} --t-min {args.t_min}")
         fit_time = post.info["fit_time_s"]  # of the run that trained it
     else:
         t0 = time.perf_counter()
@@ -162,6 +164,9 @@ def main() -> None:
     parser.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2, 2])
     parser.add_argument("--num-draws", type=int, default=32)
     parser.add_argument("--sampler", default="ode")
+    parser.add_argument("--t-min", type=float, default=1e-3,
+                        help="smallest diffusion time in training and sampling (1e-5, the library default, needs "
+                             "more training than these CPU budgets: worse fields, twice the ODE evaluations)")
     parser.add_argument("--rtol", type=float, default=1e-3, help="ODE rtol and atol")
     parser.add_argument("--refine", type=int, default=2)
     parser.add_argument("--num-local", type=int, default=400)
