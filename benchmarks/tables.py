@@ -70,7 +70,8 @@ def two_moons(samplers: bool = False) -> None:
             fits[method].append(d["fits"]["cond_score" if method.startswith("cond_score") else method]["fit_time_s"])
         obs = sorted({r["observation"] for r in d["results"]})
         m = d["meta"]
-        commands.append(f"- observations {obs[0]}–{obs[-1]}: `{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})")
+        span = f"observation {obs[0]}" if len(obs) == 1 else f"observations {obs[0]}–{obs[-1]}"
+        commands.append(f"- {span}: `{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})")
     if not per:
         print("(no two_moons result files)")
         return
@@ -82,7 +83,7 @@ def two_moons(samplers: bool = False) -> None:
         fit = " / ".join(f"{f:.0f}" for f in fits[method])
         print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(values.values())):.3f} | {fit} | {np.median(times[method]):.2f} |")
     print()
-    print("\n".join(commands))
+    print("\n".join(sorted(commands, key=lambda c: int(c.split()[2].split("–")[0].rstrip(":")))))
 
 
 if __name__ == "__main__":
