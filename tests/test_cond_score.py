@@ -142,6 +142,17 @@ def test_infer_end_to_end_returns_inference_data():
     np.testing.assert_allclose(idata.observed_data["y"].values, y)
 
 
+def test_patience_none_keyword_turns_early_stopping_off():
+    # ``patience=None`` as a keyword means "no early stopping", as in CondScoreConfig, not "the default".
+    lg = LinearGaussian(dim=2, noise=0.5, seed=0)
+    common = dict(num_simulations=200, hidden=(16,), max_epochs=2, progress=False)
+    assert bayesinv.fit(lg.model, method="cond_score", **common).config["patience"] == CondScoreConfig().patience
+    assert bayesinv.fit(lg.model, method="cond_score", patience=None, **common).config["patience"] is None
+    post = bayesinv.fit(lg.model, method="cond_score", num_simulations=200, hidden=(16,), max_epochs=None,
+                        config=CondScoreConfig(max_steps=5), progress=False)  # fmt: skip
+    assert post.config["max_epochs"] is None and post.info["train_steps"] == 5
+
+
 def test_ncsn_levels_chosen_and_langevin_runs(tmp_path):
     lg = LinearGaussian(dim=2, noise=0.5, seed=0)
     _, y = lg.draw(seed=1)

@@ -58,6 +58,9 @@ from bayesinv.problem import Problem, ProblemError
 from bayesinv.registry import register_method
 from bayesinv.training import TrainConfig, train
 
+#: Default of the keyword overrides whose None has a meaning of its own (no limit, no early stopping).
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
+
 __all__ = ["CondScoreConfig", "CondScoreNet", "CondScorePosterior", "cond_score", "PROCESSES", "SAMPLERS"]
 
 PROCESSES = ("ve", "vp", "ncsn")
@@ -441,10 +444,10 @@ def cond_score(
     sampler: str | None = None,
     network: str | None = None,
     hidden: Sequence[int] | None = None,
-    max_epochs: int | None = None,
+    max_epochs: int | None = _UNSET,
     batch_size: int | None = None,
     lr: float | None = None,
-    patience: int | None = None,
+    patience: int | None = _UNSET,
     ema_decay: float | None = None,
     normalization: str | None = None,
     transforms: Mapping[str, Any] | None = None,
@@ -465,7 +468,8 @@ def cond_score(
         data: A dataset from :func:`bayesinv.simulate` (or its zarr path, or a dict).
         process, sampler, network, hidden, max_epochs, batch_size, lr, patience,
             ema_decay, normalization: Override the fields of ``config``
-            (:class:`CondScoreConfig`).
+            (:class:`CondScoreConfig`) when given; ``patience=None`` turns early
+            stopping off and ``max_epochs=None`` lifts the epoch limit (as in the config).
         transforms: Site → ``"log"``/``"log10"``/``(kind, reference)`` applied to the
             target before normalisation, e.g. ``{"E": ("log10", 1e3)}``.
         condition: Extra conditioning site(s) beyond the observed ones, e.g. a sensor
@@ -482,7 +486,8 @@ def cond_score(
     overrides = dict(process=process, sampler=sampler, network=network, hidden=None if hidden is None else tuple(hidden),
                      max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience, ema_decay=ema_decay,
                      normalization=normalization)  # fmt: skip
-    cfg = dataclasses.replace(config or CondScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not _UNSET and (v is not None or k in ("max_epochs", "patience"))}
+    cfg = dataclasses.replace(config or CondScoreConfig(), **given)
     seed = 0 if seed is None else int(seed)
     dev = resolve_device(device)
     extra = (condition,) if isinstance(condition, str) else tuple(condition or ())
