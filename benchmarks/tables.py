@@ -42,7 +42,8 @@ def conditional_densities() -> None:
         cells = [f"{values[p]:.3f}" if p in values else "–" for p in problems]
         fit = np.mean([times[label][p][0] for p in values])
         sample = np.mean([times[label][p][1] for p in values])
-        print(f"| {label} | " + " | ".join(cells) + f" | {fit:.0f} | {sample:.0f} |")
+        print(f"| {label} | " + " | ".join(cells) + f" | {fit:.0f} | {sample:.1f} |" if sample < 10 else
+              f"| {label} | " + " | ".join(cells) + f" | {fit:.0f} | {sample:.0f} |")
     for kind in ("ve", "vp"):
         print(f"| published {kind.upper()} | " + " | ".join(f"{PUBLISHED_OT[kind][p]:.3f}" for p in problems) + " | | |")
     print("| floor (reference vs independent reference) | " + " | ".join(f"{floor[p]:.3f}" for p in problems) + " | | |")
