@@ -27,7 +27,6 @@ import json
 import time
 
 import numpy as np
-import torch
 
 import bayesinv
 from bayesinv.diagnostics import sinkhorn_distance

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import sys
@@ -48,6 +49,8 @@ from bayesinv.models import eit as E  # noqa: E402
 
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, metadata, write_results  # noqa: E402
 
 #: Published Gauss–Newton rows (mean ± std): MSE, PSNR, SSIM, RE, AE, DR.
 PUBLISHED_GN = {
@@ -161,8 +164,6 @@ def gauss_newton(num_test: int) -> None:
         print(f"| {k} anomalies, {snr} dB | ours | {ours} | {1e3 * t_rec:.1f} |")
         rows[f"{k}anom_{snr}db"] = {"mean": m.mean(0).tolist(), "std": m.std(0).tolist(), "ms_per_reconstruction": 1e3 * t_rec}
         print(f"| | published | {paper} | |")
-    from _common import metadata, write_results
-
     path = write_results("eit_gauss_newton_128px", {**metadata("2-core CPU, no GPU, shared with other jobs"),
                          "metrics": list(METRICS), "num_test": num_test, "settings": {k: str(v) for k, v in E.GN_DEFAULTS.items()},
                          "rows": rows})  # fmt: skip
@@ -213,10 +214,6 @@ def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int):
 
 
 def learned(args) -> None:
-    import json
-
-    from _common import metadata
-
     from bayesinv.methods.csd_star import choose_insert_step
 
     k, snr, size = args.anomalies, args.snr, args.image_size
@@ -230,7 +227,7 @@ def learned(args) -> None:
     result_tag = tag if test_eit is eit else f"{tag}_test_{test_k}anom_{test_snr:g}db"
     print(f"{tag}: {args.num_train} training pairs simulated/loaded in {t_train:.0f} s; {args.num_val} validation,"
           f" {args.num_test} test draws (seed 0)", flush=True)  # fmt: skip
-    results_path = Path(__file__).resolve().parent / "results" / f"{result_tag}.json"
+    results_path = RESULTS / f"{result_tag}.json"
     payload = json.loads(results_path.read_text()) if results_path.exists() else {"methods": {}}
     payload.update(metadata("2-core CPU, no GPU, shared with other jobs"), image_size=size, num_train=args.num_train,
                    num_val=args.num_val, num_test=args.num_test, anomalies=k, snr_db=snr,

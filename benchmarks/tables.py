@@ -17,7 +17,7 @@ PUBLISHED_OT = {"ve": {"tanh": 0.072, "bimodal": 0.118, "spiral": 0.042}, "vp": 
 
 
 def conditional_densities() -> None:
-    rows, floor, meta = [], {}, []
+    table, times, floor, meta = defaultdict(dict), defaultdict(dict), {}, []
     for path in sorted(RESULTS.glob("conditional_densities_*.json")):
         d = json.loads(path.read_text())
         for name, entry in d["problems"].items():
@@ -29,21 +29,15 @@ def conditional_densities() -> None:
             for v in entry["variants"]:
                 sampler = v["sample_options"].get("sampler", "")
                 label = f"{d['method']} {d['label']}" + (f" {sampler}" if sampler else "")
-                rows.append((label, name, v["sinkhorn_mean"], entry["fit_time_s"], v["sample_time_s"]))
+                table[label][name] = v["sinkhorn_mean"]
+                times[label][name] = (entry["fit_time_s"], v["sample_time_s"])
     problems = [p for p in ("tanh", "bimodal", "spiral") if p in floor]
-    table = defaultdict(dict)
-    times = defaultdict(dict)
-    for label, name, value, fit, sample in rows:
-        table[label][name] = value
-        times[label][name] = (fit, sample)
     print("| method | " + " | ".join(problems) + " | fit (s) | 4 × 10,000 draws (s) |")
     print("|---" * (len(problems) + 3) + "|")
     for label, values in table.items():
         cells = [f"{values[p]:.3f}" if p in values else "–" for p in problems]
-        fit = np.mean([times[label][p][0] for p in values])
-        sample = np.mean([times[label][p][1] for p in values])
-        print(f"| {label} | " + " | ".join(cells) + f" | {fit:.0f} | {sample:.1f} |" if sample < 10 else
-              f"| {label} | " + " | ".join(cells) + f" | {fit:.0f} | {sample:.0f} |")
+        fit, sample = np.mean(list(times[label].values()), axis=0)
+        print(f"| {label} | " + " | ".join(cells) + f" | {fit:.0f} | {sample:.{1 if sample < 10 else 0}f} |")
     for kind in ("ve", "vp"):
         print(f"| published {kind.upper()} | " + " | ".join(f"{PUBLISHED_OT[kind][p]:.3f}" for p in problems) + " | | |")
     print("| floor (reference vs independent reference) | " + " | ".join(f"{floor[p]:.3f}" for p in problems) + " | | |")
@@ -72,7 +66,7 @@ def two_moons(samplers: bool = False) -> None:
         obs = sorted({r["observation"] for r in d["results"]})
         m = d["meta"]
         span = f"observation {obs[0]}" if len(obs) == 1 else f"observations {obs[0]}–{obs[-1]}"
-        commands.append(f"- {span}: `{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})")
+        commands.append((obs[0], f"- {span}: `{m['command']}` ({m['date_utc']}, commit {m['git_commit']}, {m['machine']})"))
     if not per:
         print("(no two_moons result files)")
         return
@@ -84,15 +78,14 @@ def two_moons(samplers: bool = False) -> None:
         fit = " / ".join(f"{f:.0f}" for f in fits[method])
         print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(values.values())):.3f} | {fit} | {np.median(times[method]):.2f} |")
     print()
-    print("\n".join(sorted(commands, key=lambda c: int(c.split()[2].split("–")[0].rstrip(":")))))
+    print("\n".join(line for _, line in sorted(commands)))
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("tables", nargs="+", choices=("conditional_densities", "two_moons", "two_moons_samplers"))
+    tables = {"conditional_densities": conditional_densities, "two_moons": two_moons,
+              "two_moons_samplers": lambda: two_moons(samplers=True)}  # fmt: skip
+    p.add_argument("tables", nargs="+", choices=tuple(tables))
     for name in p.parse_args().tables:
-        if name == "two_moons_samplers":
-            two_moons(samplers=True)
-        else:
-            globals()[name]()
+        tables[name]()
         print()

@@ -454,13 +454,12 @@ class Elastography:
             data = self.simulate_reference_set(num_simulations, path=path, seed=seed, progress=progress)
         run = dict(method="importance", num_samples=num_samples, seed=seed, progress=progress, dims=self.dims,
                    coords=self.coords, **options)
-        if refine:  # the first stage only locates the posterior: untruncated noise, no low-ESS warning
-            locator = Elastography(self.noise, simulator=self.simulator, center_box=self.center_box, truncated=False)
-            with warnings.catch_warnings():
+        # with zoom-in stages to come, the first only locates the posterior: untruncated noise, no low-ESS warning
+        first = Elastography(self.noise, simulator=self.simulator, center_box=self.center_box, truncated=False) if refine else self
+        with warnings.catch_warnings():
+            if refine:
                 warnings.simplefilter("ignore")
-                idata = bayesinv.infer(locator.model, y, data=data, **run)
-        else:
-            idata = bayesinv.infer(self.model, y, data=data, **run)
+            idata = bayesinv.infer(first.model, y, data=data, **run)
         box, count = self.center_box, int(idata.sample_stats["num_proposals"])
         for stage in range(refine):
             box = _zoom_box(idata.posterior["center"].values.reshape(-1, 2), box, count)
