@@ -48,13 +48,23 @@ def conditional_densities() -> None:
 def two_moons(samplers: bool = False) -> None:
     r"""One C2ST table from the ``two_moons_*.json`` files (runs over disjoint observations are merged).
 
-    The sampler study (``two_moons_samplers.json``: cond_score's samplers beside NPSE on
-    observations 1–3) is its own table (``two_moons_samplers``).
+    The sampler studies (``two_moons_samplers*.json``: cond_score's samplers beside NPSE
+    on observations 1–3) are tables of their own, one per file (``two_moons_samplers``).
     """
+    paths = sorted(RESULTS.glob("two_moons_*.json"))
+    studies = [p for p in paths if p.stem.startswith("two_moons_samplers")]
+    if samplers:
+        for path in studies:
+            print(f"{path.name}:")
+            _c2st_table([path])
+            print()
+    else:
+        _c2st_table([p for p in paths if p not in studies])
+
+
+def _c2st_table(paths: list) -> None:
     per, times, fits, commands = defaultdict(dict), defaultdict(list), defaultdict(list), []
-    for path in sorted(RESULTS.glob("two_moons_*.json")):
-        if (path.stem == "two_moons_samplers") != samplers:
-            continue
+    for path in paths:
         d = json.loads(path.read_text())
         for r in d["results"]:
             if r["observation"] in per[r["method"]]:

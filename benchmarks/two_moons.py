@@ -61,7 +61,9 @@ def fit_bayesinv(method, theta, x, args):
     fit_time = time.perf_counter() - t0
 
     def sample(x_o, n, **kw):
-        return post.sample(x_o.reshape(2), n, seed=args.seed, **kw)["theta"]
+        idata = post.infer(x_o.reshape(2), n, seed=args.seed, **kw)
+        stats = {k: idata.sample_stats[k].item() for k in ("nfe",) if k in idata.sample_stats}
+        return idata.posterior["theta"].values[0], stats
 
     if method != "cond_score":
         return fit_time, {method: sample}, post.info
@@ -74,7 +76,7 @@ def fit_bayesinv(method, theta, x, args):
 
 
 def parse_sampler(spec: str) -> tuple[str, dict]:
-    r"""``"ode"``, ``"ode,rtol=1e-3,atol=1e-3"`` or ``"sde,steps=100"`` → (sampler, options)."""
+    r"""``"ode"``, ``"ode,rtol=1e-3,atol=1e-3,power=1"`` or ``"sde,steps=100"`` → (sampler, options)."""
     sampler, *pairs = spec.split(",")
     options = {}
     for pair in pairs:
@@ -99,7 +101,7 @@ def fit_sbi(kind, theta, x, args):
 
     def sample(x_o, n):
         torch.manual_seed(args.seed)
-        return posterior.sample((n,), x=x_o.reshape(1, 2), show_progress_bars=False)
+        return posterior.sample((n,), x=x_o.reshape(1, 2), show_progress_bars=False), {}
 
     return fit_time, {kind: sample}, {}
 
@@ -112,7 +114,7 @@ def main() -> None:
     p.add_argument("--num-draws", type=int, default=10_000)
     p.add_argument("--fit-options", default=json.dumps(DEFAULT_FIT_OPTIONS), help="JSON: method -> bayesinv.fit options")
     p.add_argument("--cond-score-samplers", nargs="+", default=["ode", "sde"],
-                   help='sampler[,option=value...], e.g. ode  "ode,rtol=1e-3,atol=1e-3"  "sde,steps=100"')
+                   help='sampler[,option=value...], e.g. ode  "ode,rtol=1e-3,atol=1e-3"  "ode,power=1"  "sde,steps=100"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--label", default="default")
@@ -141,11 +143,11 @@ def main() -> None:
         ref = task.get_reference_posterior_samples(obs).numpy()
         for name, sample in samplers.items():
             t0 = time.perf_counter()
-            draws = sample(x_o, args.num_draws)
+            draws, stats = sample(x_o, args.num_draws)
             sample_time = time.perf_counter() - t0
             t0 = time.perf_counter()
             acc = c2st(np.asarray(draws), ref, seed=args.seed)
-            row = {"observation": obs, "method": name, "c2st": acc, "sample_time_s": sample_time, "c2st_time_s": time.perf_counter() - t0}
+            row = {"observation": obs, "method": name, "c2st": acc, "sample_time_s": sample_time, "c2st_time_s": time.perf_counter() - t0, **stats}
             out["results"].append(row)
             print(json.dumps(row), flush=True)
             write_results(f"two_moons_{args.label}", out)

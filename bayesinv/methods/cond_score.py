@@ -68,7 +68,7 @@ SAMPLERS = {"ve": ("ode", "sde", "pc"), "vp": ("ode", "sde", "pc"), "ncsn": ("la
 DEFAULT_SAMPLER = {"ve": "ode", "vp": "ode", "ncsn": "langevin"}
 _ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 _SAMPLE_OPTIONS = {
-    "sampler", "steps", "rtol", "atol", "t_min", "denoise", "corrector_steps", "snr",
+    "sampler", "steps", "rtol", "atol", "power", "t_min", "denoise", "corrector_steps", "snr",
     "steps_per_level", "eps", "chunk_size",
 }  # fmt: skip
 
@@ -322,7 +322,8 @@ class CondScorePosterior(AmortizedPosterior):
 
     Sampler options of :meth:`sample` / :meth:`infer`: ``sampler`` (``"ode"``,
     ``"sde"``, ``"pc"``, ``"langevin"``), ``steps`` (SDE/PC, default 500), ``rtol``,
-    ``atol`` (ODE, default 1e-5), ``t_min``, ``denoise`` (final Tweedie step, default
+    ``atol`` (ODE, default 1e-5), ``power`` (ODE: integrate in r with t = (1 − r)^power,
+    default 2), ``t_min``, ``denoise`` (final Tweedie step, default
     ``True``), ``corrector_steps``, ``snr`` (PC), ``steps_per_level``, ``eps``
     (Langevin) and ``chunk_size`` (rows of observations × draws per network batch).
     It has no density: it is a sampler and a Pyro guide, not an importance proposal.
@@ -386,8 +387,9 @@ class CondScorePosterior(AmortizedPosterior):
         t_min = float(opts.pop("t_min", self.config["t_min"]))
         if sampler == "ode":
             return probability_flow_ode(
-                score_fn, x, self.process, rtol=opts.pop("rtol", 1e-5), atol=opts.pop("atol", 1e-5), t_min=t_min, denoise=denoise
-            )
+                score_fn, x, self.process, rtol=opts.pop("rtol", 1e-5), atol=opts.pop("atol", 1e-5),
+                power=float(opts.pop("power", 2.0)), t_min=t_min, denoise=denoise,
+            )  # fmt: skip
         steps = int(opts.pop("steps", 500))
         if sampler == "sde":
             return reverse_sde(score_fn, x, self.process, alpha=1.0, steps=steps, t_min=t_min, denoise=denoise, generator=generator)
