@@ -26,8 +26,12 @@ def set_threads(n: int | None) -> None:
 
 def metadata(machine: str) -> dict[str, Any]:
     r"""The date, command line, machine description, versions and git commit of a run."""
+    root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+        git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        if commit and git("status", "--porcelain", "--untracked-files=no", "--", "bayesinv", "benchmarks"):
+            commit += "+modified"  # the code that ran differs from the commit
     except OSError:
         commit = ""
     import bayesinv
