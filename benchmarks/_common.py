@@ -30,7 +30,7 @@ def metadata(machine: str) -> dict[str, Any]:
     try:
         git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
         commit = git("rev-parse", "--short", "HEAD")
-        if commit and git("status", "--porcelain", "--untracked-files=no", "--", "bayesinv", "benchmarks"):
+        if commit and git("status", "--porcelain", "--untracked-files=no", "--", "bayesinv", "benchmarks", ":!benchmarks/results"):
             commit += "+modified"  # the code that ran differs from the commit
     except OSError:
         commit = ""
