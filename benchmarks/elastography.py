@@ -110,8 +110,8 @@ def run_noise(noise: float, ds, args) -> dict:
         ref_time = time.perf_counter() - t0
         ref_mu = normalise(ref.posterior["mu"].values.reshape(-1, el.GRID, el.GRID))
         t0 = time.perf_counter()
-        out, stats = post._sample_with_stats(torch.as_tensor(y), args.num_draws, seed=i, sampler=args.sampler,
-                                             rtol=args.rtol, atol=args.rtol)  # fmt: skip
+        options = {"rtol": args.rtol, "atol": args.rtol, "power": args.power} if args.sampler == "ode" else {}
+        out, stats = post._sample_with_stats(torch.as_tensor(y), args.num_draws, seed=i, sampler=args.sampler, **options)
         sample_time = time.perf_counter() - t0
         draws = normalise(out["mu"].numpy())
         m, s = draws.mean(0), draws.std(0)
@@ -168,6 +168,7 @@ def main() -> None:
                         help="smallest diffusion time in training and sampling (1e-5, the library default, needs "
                              "more training than these CPU budgets: worse fields, twice the ODE evaluations)")
     parser.add_argument("--rtol", type=float, default=1e-3, help="ODE rtol and atol")
+    parser.add_argument("--power", type=float, default=2.0, help="ODE in r with t = (1 - r)^power (1: in t)")
     parser.add_argument("--refine", type=int, default=2)
     parser.add_argument("--num-local", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)

@@ -71,9 +71,9 @@ def test_save_load_same_draws(linear, tmp_path):
     path = post.save(tmp_path / "lg.bayesinv")
     loaded = bayesinv.load(path)
     assert isinstance(loaded, CondScorePosterior) and repr(loaded) == repr(post)
-    for sampler in ("sde", "ode"):
-        a = post.sample(y, 200, seed=7, sampler=sampler, steps=100)["theta"]
-        b = loaded.sample(y, 200, seed=7, sampler=sampler, steps=100)["theta"]
+    for options in ({"sampler": "sde", "steps": 100}, {"sampler": "ode"}):
+        a = post.sample(y, 200, seed=7, **options)["theta"]
+        b = loaded.sample(y, 200, seed=7, **options)["theta"]
         assert torch.equal(a, b)
     assert not torch.equal(a, post.sample(y, 200, seed=8, sampler="ode")["theta"])
 
@@ -109,6 +109,10 @@ def test_bad_observation_shape_names_site_and_shapes(linear):
         post.sample(np.zeros(2, dtype=np.float32), 10, sampler="sde", step=3)
     with pytest.raises(ProblemError, match="sampler 'langevin' does not fit process 've'"):
         post.sample(np.zeros(2, dtype=np.float32), 10, sampler="langevin")
+    with pytest.raises(ProblemError, match=r"sampler 'ode' does not use option\(s\) \['steps'\]"):
+        post.sample(np.zeros(2, dtype=np.float32), 10, sampler="ode", steps=100)
+    with pytest.raises(ProblemError, match=r"sampler 'sde' does not use option\(s\) \['power', 'rtol'\]"):
+        post.sample(np.zeros(2, dtype=np.float32), 10, sampler="sde", rtol=1e-3, power=2)
 
 
 def test_guide_interface_and_importance_refusal(linear):

@@ -71,6 +71,13 @@ _SAMPLE_OPTIONS = {
     "sampler", "steps", "rtol", "atol", "power", "t_min", "denoise", "corrector_steps", "snr",
     "steps_per_level", "eps", "chunk_size",
 }  # fmt: skip
+#: The options each sampler reads (besides ``sampler``, ``denoise`` and ``chunk_size``).
+_SAMPLER_OPTIONS = {
+    "ode": {"rtol", "atol", "power", "t_min"},
+    "sde": {"steps", "t_min"},
+    "pc": {"steps", "corrector_steps", "snr", "t_min"},
+    "langevin": {"steps_per_level", "eps"},
+}
 
 
 @dataclass(frozen=True)
@@ -347,6 +354,12 @@ class CondScorePosterior(AmortizedPosterior):
         sampler = options.pop("sampler", None) or self.config["sampler"]
         if sampler not in SAMPLERS[kind]:
             raise ProblemError(f"sampler {sampler!r} does not fit process {kind!r}; use one of {SAMPLERS[kind]}")
+        ignored = sorted(set(options) - _SAMPLER_OPTIONS[sampler] - {"denoise", "chunk_size"})
+        if ignored:
+            raise ProblemError(
+                f"sampler {sampler!r} does not use option(s) {ignored}; its options are "
+                f"{sorted(_SAMPLER_OPTIONS[sampler] | {'denoise', 'chunk_size'})}"
+            )
         default_chunk = 50_000 if self.config["net"]["network"] == "mlp" else 512
         chunk_size = int(options.pop("chunk_size", None) or default_chunk)
         B, D = c.shape[0], self.target.dim
