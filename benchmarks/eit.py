@@ -30,6 +30,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import json
 import math
@@ -60,6 +61,10 @@ PUBLISHED_GN = {
     (4, 25): ((0.0164, 0.003), (24.752, 1.018), (0.747, 0.031), (0.092, 0.012), (0.072, 0.009), (1.108, 0.129)),
 }
 METRICS = ("MSE", "PSNR", "SSIM", "RE", "AE", "DR")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def field_metrics(rec: np.ndarray, truth: np.ndarray) -> tuple[float, ...]:
@@ -229,7 +234,8 @@ def learned(args) -> None:
           f" {args.num_test} test draws (seed 0)", flush=True)  # fmt: skip
     results_path = RESULTS / f"{result_tag}.json"
     payload = json.loads(results_path.read_text()) if results_path.exists() else {"methods": {}}
-    payload.update(metadata("2-core CPU, no GPU, shared with other jobs"), image_size=size, num_train=args.num_train,
+    run_meta = metadata("2-core CPU, no GPU, shared with other jobs")  # at the start: the code that runs
+    payload.update(run_meta, image_size=size, num_train=args.num_train,
                    num_val=args.num_val, num_test=args.num_test, anomalies=k, snr_db=snr,
                    test_anomalies=test_k, test_snr_db=test_snr)  # fmt: skip
     t0 = time.perf_counter()
@@ -277,7 +283,7 @@ def learned(args) -> None:
         row = {"mean": m.mean(0).tolist(), "std": m.std(0).tolist(), "fit_time_s": fit_s, "sample_time_s": sample_s, **extra}
         # re-read: several runs (one per method) may write the same file
         payload = json.loads(results_path.read_text()) if results_path.exists() else payload
-        payload.setdefault("methods", {})[method if args.label is None else f"{method}_{args.label}"] = {**row, "run": metadata("2-core CPU, no GPU, shared with other jobs")}
+        payload.setdefault("methods", {})[method if args.label is None else f"{method}_{args.label}"] = {**row, "run": {**run_meta, "finished_utc": _now()}}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(payload, indent=1, default=float))
         print(f"| {method} | " + " | ".join(f"{a:.4g} ± {b:.2g}" for a, b in zip(m.mean(0), m.std(0)))
