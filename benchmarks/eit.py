@@ -10,6 +10,8 @@ r"""EIT (pyEIT): mesh convergence, forward-solve speed, Gauss–Newton tuning an
 - ``--gn`` (default): Gauss–Newton metrics (MSE, PSNR, SSIM, relative L1, absolute L1,
   dynamic range; mean ± std) on ``--num-test`` test draws (seed 0) for 2 and 4 anomalies
   at 40 and 25 dB, beside the published GN rows (Tables 1–4).
+- ``--datasets [K:SNR ...]``: simulates the published-size datasets (23,810 pairs at
+  128 × 128, ``--workers`` processes) into ``out/eit_bench/data/`` and records the time.
 - ``--learned``: fits vae, flow (multiscale), CSD* and cond_score on simulated pairs
   and scores one draw per test observation (and Gauss–Newton on the same draws) with
   the same six metrics, on an ``--image-size`` grid (default 32 × 32: the paper's
@@ -195,6 +197,34 @@ def _dataset(eit: "E.EIT", n: int, seed: int, tag: str):
     return ds, time.perf_counter() - t0
 
 
+def published_datasets(settings: list[tuple[int, float]], workers: int, n: int) -> None:
+    r"""Simulates and stores the published-size datasets (``n`` = 23,810 pairs, 128 × 128).
+
+    One zarr store per setting under ``out/eit_bench/data/published_<k>anom_<snr>db_n<n>.zarr``
+    (resumable: an interrupted run continues where it stopped); records the wall time,
+    the pairs per second and the size on disk in ``benchmarks/results/eit_datasets.json``.
+    """
+    run_meta = metadata("2-core CPU, no GPU, shared with other jobs")
+    path_json = RESULTS / "eit_datasets.json"
+    payload = json.loads(path_json.read_text()) if path_json.exists() else {"datasets": {}}
+    for k, snr in settings:
+        path = BENCH_OUT / "data" / f"published_{k}anom_{snr:g}db_n{n}.zarr"
+        eit = E.make_model(k, snr, workers=workers)
+        t0 = time.perf_counter()
+        ds = E.make_dataset(n, path=str(path), eit=eit, seed=0, chunk_size=500, progress=True)
+        wall = time.perf_counter() - t0
+        parts = E.split_dataset(ds)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        row = {"pairs": int(ds.sizes["draw"]), "split": {name: int(part.sizes["draw"]) for name, part in parts.items()},
+               "sigma_shape": list(ds["sigma"].shape[1:]), "workers": workers, "wall_s": wall,
+               "pairs_per_s": n / wall, "bytes": size, "path": str(path), "run": {**run_meta, "finished_utc": _now()}}  # fmt: skip
+        payload["datasets"][f"{k}anom_{snr:g}db"] = row
+        path_json.parent.mkdir(parents=True, exist_ok=True)
+        path_json.write_text(json.dumps(payload, indent=1))
+        print(f"{k} anomalies, {snr:g} dB: {n} pairs in {wall:.0f} s with {workers} workers ({n / wall:.0f} pairs/s), "
+              f"{size / 2**30:.2f} GiB at {path}; split {row['split']}", flush=True)  # fmt: skip
+
+
 def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int):
     r"""Fits one learned method for ``train_steps`` optimiser steps."""
     import bayesinv
@@ -298,6 +328,10 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--gn", action="store_true")
     parser.add_argument("--learned", action="store_true")
+    parser.add_argument("--datasets", nargs="*", metavar="K:SNR", default=None,
+                        help="simulate and store the published-size datasets, e.g. 2:40 4:25 (default: all four)")
+    parser.add_argument("--workers", type=int, default=2, help="simulator processes for --datasets")
+    parser.add_argument("--num-pairs", type=int, default=sum(E.PUBLISHED_SPLIT.values()), help="pairs per --datasets set")
     parser.add_argument("--methods", nargs="+", default=["gauss_newton", "vae", "flow", "csd_star", "cond_score"])
     parser.add_argument("--anomalies", type=int, default=2)
     parser.add_argument("--snr", type=float, default=40.0)
@@ -318,6 +352,10 @@ def main() -> None:
     parser.add_argument("--num-val", type=int, default=10)
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.07, 0.05, 0.035, 0.025, 0.018])
     args = parser.parse_args()
+    if args.datasets is not None:
+        settings = [(int(a), float(b)) for a, b in (item.split(":") for item in args.datasets or ["2:40", "4:40", "2:25", "4:25"])]
+        published_datasets(settings, args.workers, args.num_pairs)
+        return
     if args.learned:
         args.train_steps = {k: int(v) for k, v in (item.split("=") for item in args.train_steps)}
         learned(args)
