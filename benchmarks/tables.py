@@ -63,7 +63,7 @@ def two_moons(samplers: bool = False) -> None:
 
 
 def _c2st_table(paths: list) -> None:
-    per, times, fits, commands = defaultdict(dict), defaultdict(list), defaultdict(list), []
+    per, times, fits, nfes, commands = defaultdict(dict), defaultdict(list), defaultdict(list), defaultdict(list), []
     for path in paths:
         d = json.loads(path.read_text())
         for r in d["results"]:
@@ -71,6 +71,8 @@ def _c2st_table(paths: list) -> None:
                 raise SystemExit(f"{path.name}: observation {r['observation']} of {r['method']} is in two result files")
             per[r["method"]][r["observation"]] = r["c2st"]
             times[r["method"]].append(r["sample_time_s"])
+            if "nfe" in r:
+                nfes[r["method"]].append(r["nfe"])
         for method in {r["method"] for r in d["results"]}:
             fits[method].append(d["fits"]["cond_score" if method.startswith("cond_score") else method]["fit_time_s"])
         obs = sorted({r["observation"] for r in d["results"]})
@@ -81,12 +83,14 @@ def _c2st_table(paths: list) -> None:
         print("(no two_moons result files)")
         return
     observations = sorted({o for values in per.values() for o in values})
-    print("| method | " + " | ".join(f"obs {o}" for o in observations) + " | mean | fit (s), per run | 10,000 draws (s) |")
-    print("|---" * (len(observations) + 4) + "|")
+    nfe_col = " network evaluations (median) |" if nfes else ""
+    print("| method | " + " | ".join(f"obs {o}" for o in observations) + f" | mean | fit (s), per run | 10,000 draws (s) |{nfe_col}")
+    print("|---" * (len(observations) + 4 + bool(nfes)) + "|")
     for method, values in per.items():
         cells = [f"{values[o]:.3f}" if o in values else "–" for o in observations]
         fit = " / ".join(f"{f:.0f}" for f in fits[method])
-        print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(values.values())):.3f} | {fit} | {np.median(times[method]):.2f} |")
+        nfe = (f" {np.median(nfes[method]):.0f} |" if nfes[method] else " – |") if nfes else ""
+        print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(list(values.values())):.3f} | {fit} | {np.median(times[method]):.2f} |{nfe}")
     print()
     print("\n".join(line for _, line in sorted(commands)))
 
