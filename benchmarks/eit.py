@@ -20,6 +20,12 @@ r"""EIT (pyEIT): mesh convergence, forward-solve speed, Gauss–Newton tuning an
   fitted posteriors to ``out/eit_bench/`` (read by ``examples/eit.py``). ``--reuse``
   loads those posteriors instead of fitting; ``--test-anomalies``/``--test-snr`` test on
   another prior or noise level (the generalisation test).
+- ``--learned --published``: the same on the published-size store of the setting (made
+  by ``--datasets``, simulated first when missing): trained on its 21,600 training pairs at
+  128 × 128, K′ chosen on its validation part, scored on its 50 test pairs; results in
+  ``eit_<k>anom_<snr>db_128px_published.json``. The budget of the paper needs a GPU
+  (``bayesinv.fit`` takes one when present); size it with ``--train-steps`` and
+  ``--base-channels``.
 
 Run:
 
@@ -27,6 +33,8 @@ Run:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eit.py --tune
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eit.py --learned --methods csd_star --image-size 32 \
         --num-train 4000 --train-steps csd_star=1500
+    .venv/bin/python benchmarks/eit.py --learned --published --anomalies 2 --snr 40 --base-channels 32 \
+        --train-steps vae=30000 flow=20000 csd_star=40000 cond_score=40000      # on a GPU
 """
 
 from __future__ import annotations
@@ -63,6 +71,14 @@ PUBLISHED_GN = {
     (4, 25): ((0.0164, 0.003), (24.752, 1.018), (0.747, 0.031), (0.092, 0.012), (0.072, 0.009), (1.108, 0.129)),
 }
 METRICS = ("MSE", "PSNR", "SSIM", "RE", "AE", "DR")
+
+
+def _machine() -> str:
+    r"""What this run ran on, for the result files: the GPU when torch sees one, else the CPU."""
+    cpus = f"{os.cpu_count()}-core CPU"
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} GPU, {cpus}"
+    return f"{cpus}, no GPU"
 
 
 def _now() -> str:
@@ -153,7 +169,7 @@ def tune(num_val: int) -> None:
             print(f"  MSE {r[0]:.4f} PSNR {r[5]:.2f} SSIM {r[6]:.3f}  p={r[1]} lamb={r[2]:g} maxiter={r[3]} lamb_decay={r[4]}")
 
 
-def gauss_newton(num_test: int) -> None:
+def gauss_newton(num_test: int, machine: str) -> None:
     print(f"Gauss-Newton on {num_test} test draws (seed 0), settings {E.GN_DEFAULTS}")
     print(f"| setting | | {' | '.join(METRICS)} | ms/recon |")
     print("|---|---|" + "---|" * (len(METRICS) + 1))
@@ -171,7 +187,7 @@ def gauss_newton(num_test: int) -> None:
         print(f"| {k} anomalies, {snr} dB | ours | {ours} | {1e3 * t_rec:.1f} |")
         rows[f"{k}anom_{snr}db"] = {"mean": m.mean(0).tolist(), "std": m.std(0).tolist(), "ms_per_reconstruction": 1e3 * t_rec}
         print(f"| | published | {paper} | |")
-    path = write_results("eit_gauss_newton_128px", {**metadata("2-core CPU, no GPU, shared with other jobs"),
+    path = write_results("eit_gauss_newton_128px", {**metadata(machine),
                          "metrics": list(METRICS), "num_test": num_test, "settings": {k: str(v) for k, v in E.GN_DEFAULTS.items()},
                          "rows": rows})  # fmt: skip
     print(f"wrote {path}")
@@ -203,14 +219,14 @@ def _dataset(eit: "E.EIT", n: int, seed: int, tag: str):
     return ds, time.perf_counter() - t0
 
 
-def published_datasets(settings: list[tuple[int, float]], workers: int, n: int) -> None:
+def published_datasets(settings: list[tuple[int, float]], workers: int, n: int, machine: str) -> None:
     r"""Simulates and stores the published-size datasets (``n`` = 23,810 pairs, 128 × 128).
 
     One zarr store per setting under ``out/eit_bench/data/published_<k>anom_<snr>db_n<n>.zarr``
     (resumable: an interrupted run continues where it stopped); records the wall time,
     the pairs per second and the size on disk in ``benchmarks/results/eit_datasets.json``.
     """
-    run_meta = metadata("2-core CPU, no GPU, shared with other jobs")
+    run_meta = metadata(machine)
     path_json = RESULTS / "eit_datasets.json"
     payload = json.loads(path_json.read_text()) if path_json.exists() else {"datasets": {}}
     for k, snr in settings:
@@ -231,7 +247,23 @@ def published_datasets(settings: list[tuple[int, float]], workers: int, n: int) 
               f"{size / 2**30:.2f} GiB at {path}; split {row['split']}", flush=True)  # fmt: skip
 
 
-def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int):
+def _published_parts(k: int, snr: float, n: int, workers: int) -> tuple[dict, float]:
+    r"""The train / validation / test parts of one setting's published-size store, in memory.
+
+    The store is the one ``--datasets`` writes; when it is missing or incomplete the
+    missing pairs are simulated first (``workers`` processes, resumable).
+    """
+    import xarray as xr
+
+    path = BENCH_OUT / "data" / f"published_{k}anom_{snr:g}db_n{n}.zarr"
+    t0 = time.perf_counter()
+    ds = E.make_dataset(n, path=str(path), eit=E.make_model(k, snr, workers=workers), seed=0, chunk_size=500,
+                        progress=True)  # fmt: skip
+    parts = {name: xr.Dataset({v: part[v].load() for v in ("sigma", "y")}) for name, part in E.split_dataset(ds).items()}
+    return parts, time.perf_counter() - t0
+
+
+def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int, base_channels: int = 16):
     r"""Fits one learned method for ``train_steps`` optimiser steps."""
     import bayesinv
 
@@ -244,7 +276,7 @@ def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int):
                             num_transforms=3, scales=2, batch_size=64, patience=None, **common)  # fmt: skip
     from bayesinv.methods.cond_score import CondScoreConfig
 
-    cfg = CondScoreConfig(process="ve", sigma_max=10.0, embed_dim=64, base_channels=16, channel_mults=(1, 2, 2),
+    cfg = CondScoreConfig(process="ve", sigma_max=10.0, embed_dim=64, base_channels=base_channels, channel_mults=(1, 2, 2),
                           batch_size=32, max_epochs=None, max_steps=train_steps, patience=None, lr=2e-3, ema_decay=0.99)  # fmt: skip
     common.pop("max_steps")
     if method == "cond_score":
@@ -258,20 +290,34 @@ def learned(args) -> None:
     from bayesinv.methods.csd_star import choose_insert_step
 
     k, snr, size = args.anomalies, args.snr, args.image_size
-    tag = f"eit_{k}anom_{snr:g}db_{size}px"
-    eit = E.make_model(k, snr, image_size=size)
-    train, t_train = _dataset(eit, args.num_train, 1, f"{k}anom_{snr:g}db_{size}px")
-    val_sigma, val_y = eit.draw(seed=100, n=args.num_val)
     test_k, test_snr = args.test_anomalies or k, args.test_snr or snr
+    if args.published:
+        parts, t_train = _published_parts(k, snr, args.num_pairs, args.workers)
+        size = int(parts["train"]["sigma"].shape[-1])
+        eit = E.make_model(k, snr, image_size=size)
+        train = parts["train"]
+        val_sigma, val_y = (parts["validation"][v].values[: args.num_val] for v in ("sigma", "y"))
+        test_parts = parts if (test_k, test_snr) == (k, snr) else _published_parts(test_k, test_snr, args.num_pairs, args.workers)[0]
+        test_sigma, test_y = (test_parts["test"][v].values[: args.num_test] for v in ("sigma", "y"))
+        args.num_train, args.num_val, args.num_test = int(train.sizes["draw"]), len(val_y), len(test_y)
+        tag, source = f"eit_{k}anom_{snr:g}db_{size}px_published", "the published-size store"
+    else:
+        eit = E.make_model(k, snr, image_size=size)
+        train, t_train = _dataset(eit, args.num_train, 1, f"{k}anom_{snr:g}db_{size}px")
+        val_sigma, val_y = eit.draw(seed=100, n=args.num_val)
+        test_sigma, test_y = None, None
+        tag, source = f"eit_{k}anom_{snr:g}db_{size}px", "prior draws of seed 0"
     test_eit = eit if (test_k, test_snr) == (k, snr) else E.make_model(test_k, test_snr, image_size=size)
-    test_sigma, test_y = test_eit.draw(seed=0, n=args.num_test)
+    if test_y is None:
+        test_sigma, test_y = test_eit.draw(seed=0, n=args.num_test)
     result_tag = tag if test_eit is eit else f"{tag}_test_{test_k}anom_{test_snr:g}db"
     print(f"{tag}: {args.num_train} training pairs simulated/loaded in {t_train:.0f} s; {args.num_val} validation,"
-          f" {args.num_test} test draws (seed 0)", flush=True)  # fmt: skip
+          f" {args.num_test} test pairs ({source})", flush=True)  # fmt: skip
     results_path = RESULTS / f"{result_tag}.json"
     payload = json.loads(results_path.read_text()) if results_path.exists() else {"methods": {}}
-    run_meta = metadata("2-core CPU, no GPU, shared with other jobs")  # at the start: the code that runs
-    payload.update(run_meta, image_size=size, num_train=args.num_train,
+    run_meta = metadata(args.machine)  # at the start: the code that runs
+    payload.update(run_meta, image_size=size, num_train=args.num_train, published_split=args.published,
+                   base_channels=args.base_channels, train_steps=args.train_steps,
                    num_val=args.num_val, num_test=args.num_test, anomalies=k, snr_db=snr,
                    test_anomalies=test_k, test_snr_db=test_snr)  # fmt: skip
     t0 = time.perf_counter()
@@ -293,7 +339,7 @@ def learned(args) -> None:
                 fit_s = float(post.info.get("fit_time_s") or math.nan)
                 print(f"  {method}: reusing {saved} (fitted in {fit_s:.0f} s)", flush=True)
             else:
-                post = _fit(method, eit, train, args.train_steps.get(method, 1000), args.seed)
+                post = _fit(method, eit, train, args.train_steps.get(method, 1000), args.seed, args.base_channels)
                 fit_s = time.perf_counter() - t0
             scalars = {key: v for key, v in post.info.items() if isinstance(v, (int, float, bool, type(None)))}
             print(f"  {method}: fitted in {fit_s:.0f} s, {scalars}", flush=True)
@@ -339,10 +385,14 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--gn", action="store_true")
     parser.add_argument("--learned", action="store_true")
+    parser.add_argument("--published", action="store_true",
+                        help="with --learned: train, validate and test on the published-size store (128 x 128, 21,600 training pairs)")
+    parser.add_argument("--base-channels", type=int, default=16, help="U-Net width of cond_score and CSD*")
+    parser.add_argument("--machine", default=_machine(), help="description of the machine, for the result files")
     parser.add_argument("--datasets", nargs="*", metavar="K:SNR", default=None,
                         help="simulate and store the published-size datasets, e.g. 2:40 4:25 (default: all four)")
-    parser.add_argument("--workers", type=int, default=2, help="simulator processes for --datasets")
-    parser.add_argument("--num-pairs", type=int, default=sum(E.PUBLISHED_SPLIT.values()), help="pairs per --datasets set")
+    parser.add_argument("--workers", type=int, default=2, help="simulator processes for --datasets (and --published)")
+    parser.add_argument("--num-pairs", type=int, default=sum(E.PUBLISHED_SPLIT.values()), help="pairs per --datasets / --published set")
     parser.add_argument("--methods", nargs="+", default=["gauss_newton", "vae", "flow", "csd_star", "cond_score"])
     parser.add_argument("--anomalies", type=int, default=2)
     parser.add_argument("--snr", type=float, default=40.0)
@@ -365,8 +415,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.datasets is not None:
         settings = [(int(a), float(b)) for a, b in (item.split(":") for item in args.datasets or ["2:40", "4:40", "2:25", "4:25"])]
-        published_datasets(settings, args.workers, args.num_pairs)
+        published_datasets(settings, args.workers, args.num_pairs, args.machine)
         return
+    if args.published and not args.learned:
+        parser.error("--published goes with --learned (it chooses the data the learned methods train and test on)")
     if args.learned:
         args.train_steps = {k: int(v) for k, v in (item.split("=") for item in args.train_steps)}
         learned(args)
@@ -381,7 +433,7 @@ def main() -> None:
     if args.tune:
         tune(args.num_val)
     if args.gn:
-        gauss_newton(args.num_test)
+        gauss_newton(args.num_test, args.machine)
 
 
 if __name__ == "__main__":
