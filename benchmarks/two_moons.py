@@ -8,6 +8,10 @@ z-scored by the reference, 5-fold cross-validation). Fit wall time and the time 
 draw 10,000 samples are recorded. Results are written after every observation, so a
 cut-short run keeps what it finished.
 
+Needs, beside ``pip install -e ".[all]"``: ``pip install sbi==0.27.0`` and
+``pip install --no-deps sbibm future`` (sbibm 1.1 pins an old sbi; its tasks and reference
+posteriors work with the current one).
+
 Example:
     python benchmarks/two_moons.py --observations 1 2 3 --methods cond_score flow npe npse
 """
