@@ -35,8 +35,9 @@ class PosteriorFileError(ValueError):
 
 
 def write_posterior(path: str | os.PathLike, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    r"""Writes ``meta`` (JSON) and ``tensors`` to ``path`` atomically; returns the path."""
+    r"""Writes ``meta`` (JSON) and ``tensors`` to ``path`` atomically (creating its folder); returns the path."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "bayesinv_version": __version__}
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, buffer)

@@ -14,6 +14,8 @@ Generic over ``--method``: any amortized method registered in bayesinv
 each entry of ``--sample-options`` (JSON list) is one sampling variant.
 ``--merge`` adds the problems of this run to an earlier result file of the same method,
 label and options instead of replacing it (each problem keeps the command that made it).
+Every fitted posterior is saved to ``out/conditional_densities/<method>_<label>_<problem>.bayesinv``;
+``--reuse`` samples a saved one again (new ``--sample-options``) instead of refitting.
 
 Example:
     python benchmarks/conditional_densities.py --method cond_score --label ve \
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +39,7 @@ from bayesinv.models.toy import CONDITIONAL_DENSITIES
 from _common import RESULTS, metadata, set_threads, write_results
 
 Y_VALUES = (-0.5, 0.0, 0.5, 1.0)
+SAVE_DIR = Path(os.environ.get("BAYESINV_OUT", Path(__file__).resolve().parent.parent / "out")) / "conditional_densities"
 
 
 def band_references(model, num_joint: int, seed: int, width: float = 0.05) -> list[np.ndarray]:
@@ -59,6 +64,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--machine", default="2-core CPU, no GPU (shared with other jobs)")
     p.add_argument("--merge", action="store_true", help="keep the other problems of an earlier result file with this label")
+    p.add_argument("--reuse", action="store_true", help="sample the posteriors an earlier run with this label saved instead of fitting")
     args = p.parse_args()
     set_threads(args.threads)
     fit_options = json.loads(args.fit_options)
@@ -84,11 +90,20 @@ def main() -> None:
         model = CONDITIONAL_DENSITIES[name]
         refs, refs2 = band_references(model, args.num_joint, args.seed + 1), band_references(model, args.num_joint, args.seed + 2)
         floor = [sinkhorn_distance(a[:, None], b[:, None], **sk) for a, b in zip(refs, refs2)]
-        data = bayesinv.simulate(model, args.num_train, seed=args.seed, chunk_size=args.num_train, progress=False)
-        t0 = time.perf_counter()
-        post = bayesinv.fit(model, method=args.method, target="x", data=data, seed=args.seed, progress=False, **fit_kwargs)
-        fit_time = time.perf_counter() - t0
-        entry = {"meta": out["meta"], "fit_time_s": fit_time, "reference_sizes": [len(r) for r in refs], "floor_per_y": floor,
+        saved = SAVE_DIR / f"{args.method}_{args.label}_{name}.bayesinv"
+        if args.reuse:
+            if not saved.exists():
+                raise SystemExit(f"--reuse: no saved posterior {saved}; run once without --reuse first")
+            post = bayesinv.load(saved)
+            fit_time = float(post.info.get("fit_time_s", float("nan")))
+            print(f"{name}: reusing {saved} (fitted in {fit_time:.0f} s)", flush=True)
+        else:
+            data = bayesinv.simulate(model, args.num_train, seed=args.seed, chunk_size=args.num_train, progress=False)
+            t0 = time.perf_counter()
+            post = bayesinv.fit(model, method=args.method, target="x", data=data, seed=args.seed, progress=False, **fit_kwargs)
+            fit_time = time.perf_counter() - t0
+            post.save(saved)
+        entry = {"meta": out["meta"], "fit_time_s": fit_time, "posterior": str(saved), "reused": args.reuse, "reference_sizes": [len(r) for r in refs], "floor_per_y": floor,
                  "floor_mean": float(np.mean(floor)), "info": getattr(post, "info", {}), "variants": []}  # fmt: skip
         for options in variants:
             t0 = time.perf_counter()

@@ -68,7 +68,8 @@ def test_batch_of_observations_in_one_call(linear):
 def test_save_load_same_draws(linear, tmp_path):
     lg, post = linear
     _, y = lg.draw(seed=3)
-    path = post.save(tmp_path / "lg.bayesinv")
+    path = post.save(tmp_path / "new" / "folder" / "lg.bayesinv")  # the folder is created
+    assert path.exists() and not list(path.parent.glob("*.tmp"))
     loaded = bayesinv.load(path)
     assert isinstance(loaded, CondScorePosterior) and repr(loaded) == repr(post)
     for options in ({"sampler": "sde", "steps": 100}, {"sampler": "ode"}):
