@@ -15,7 +15,8 @@ each entry of ``--sample-options`` (JSON list) is one sampling variant.
 ``--merge`` adds the problems of this run to an earlier result file of the same method,
 label and options instead of replacing it (each problem keeps the command that made it).
 Every fitted posterior is saved to ``out/conditional_densities/<method>_<label>_<problem>.bayesinv``;
-``--reuse`` samples a saved one again (new ``--sample-options``) instead of refitting.
+``--reuse`` samples a saved one again (new ``--sample-options``) instead of refitting,
+with ``--results-label`` naming its result file.
 
 Example:
     python benchmarks/conditional_densities.py --method cond_score --label ve \
@@ -65,6 +66,7 @@ def main() -> None:
     p.add_argument("--machine", default="2-core CPU, no GPU (shared with other jobs)")
     p.add_argument("--merge", action="store_true", help="keep the other problems of an earlier result file with this label")
     p.add_argument("--reuse", action="store_true", help="sample the posteriors an earlier run with this label saved instead of fitting")
+    p.add_argument("--results-label", default=None, help="name the result file by this label instead of --label (e.g. with --reuse)")
     args = p.parse_args()
     set_threads(args.threads)
     fit_options = json.loads(args.fit_options)
@@ -75,10 +77,11 @@ def main() -> None:
         fit_kwargs["config"] = CondScoreConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fit_kwargs["config"].items()})
     variants = json.loads(args.sample_options)
     sk = dict(reg=0.01, max_samples=args.max_samples)
-    out = {"meta": metadata(args.machine), "method": args.method, "label": args.label, "fit_options": fit_options,
+    out = {"meta": metadata(args.machine), "method": args.method, "label": args.label, "results_label": args.results_label,
+           "fit_options": fit_options,
            "sinkhorn": {**sk, "cost": "euclidean (not squared)", "solver": "log-domain, 1000 iterations max"},
            "y_values": list(Y_VALUES), "problems": {}}  # fmt: skip
-    name_out = f"conditional_densities_{args.method}_{args.label}"
+    name_out = f"conditional_densities_{args.method}_{args.results_label or args.label}"
     if args.merge and (RESULTS / f"{name_out}.json").exists():
         earlier = json.loads((RESULTS / f"{name_out}.json").read_text())
         if earlier["fit_options"] != fit_options or earlier["sinkhorn"] != out["sinkhorn"]:

@@ -1,6 +1,6 @@
 r"""Markdown tables for docs/benchmarks.md from the result files of the benchmark scripts.
 
-Run:  python benchmarks/tables.py conditional_densities two_moons two_moons_samplers
+Run:  python benchmarks/tables.py conditional_densities two_moons two_moons_samplers two_moons_long
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ def conditional_densities() -> None:
                 meta.append(line)
             floor[name] = entry["floor_mean"]
             for v in entry["variants"]:
-                sampler = v["sample_options"].get("sampler", "")
-                label = f"{d['method']} {d['label']}" + (f" {sampler}" if sampler else "")
+                opts = dict(v["sample_options"])
+                sampler = opts.pop("sampler", "")
+                extra = ",".join(f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}" for k, val in opts.items())
+                label = f"{d['method']} {d.get('results_label') or d['label']}" + (f" {sampler}" if sampler else "") + (f" ({extra})" if extra else "")
                 table[label][name] = v["sinkhorn_mean"]
                 times[label][name] = (entry["fit_time_s"], v["sample_time_s"])
     problems = [p for p in ("tanh", "bimodal", "spiral") if p in floor]
@@ -45,21 +47,26 @@ def conditional_densities() -> None:
     print("\n".join(meta))
 
 
-def two_moons(samplers: bool = False) -> None:
+#: two_moons studies: result files ``two_moons_<study>*.json``, each printed as a table of its own.
+TWO_MOONS_STUDIES = ("samplers", "long")
+
+
+def two_moons(study: str | None = None) -> None:
     r"""One C2ST table from the ``two_moons_*.json`` files (runs over disjoint observations are merged).
 
-    The sampler studies (``two_moons_samplers*.json``: cond_score's samplers beside NPSE
-    on observations 1–3) are tables of their own, one per file (``two_moons_samplers``).
+    The studies (``two_moons_samplers*.json``: cond_score's samplers beside NPSE on
+    observations 1–3; ``two_moons_long*.json``: cond_score trained longer) are left out of
+    it and printed one table per file by ``two_moons_<study>``.
     """
     paths = sorted(RESULTS.glob("two_moons_*.json"))
-    studies = [p for p in paths if p.stem.startswith("two_moons_samplers")]
-    if samplers:
-        for path in studies:
+    studies = {name: [p for p in paths if p.stem.startswith(f"two_moons_{name}")] for name in TWO_MOONS_STUDIES}
+    if study is not None:
+        for path in studies[study]:
             print(f"{path.name}:")
             _c2st_table([path])
             print()
     else:
-        _c2st_table([p for p in paths if p not in studies])
+        _c2st_table([p for p in paths if not any(p in group for group in studies.values())])
 
 
 def _c2st_table(paths: list) -> None:
@@ -98,7 +105,7 @@ def _c2st_table(paths: list) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tables = {"conditional_densities": conditional_densities, "two_moons": two_moons,
-              "two_moons_samplers": lambda: two_moons(samplers=True)}  # fmt: skip
+              **{f"two_moons_{name}": (lambda name=name: two_moons(name)) for name in TWO_MOONS_STUDIES}}  # fmt: skip
     p.add_argument("tables", nargs="+", choices=tuple(tables))
     for name in p.parse_args().tables:
         tables[name]()
