@@ -84,3 +84,39 @@ def test_score_unet_embedding_mask_and_sigma():
     assert not torch.allclose(net(x, y, sigma, mask=mask), net(x, y, sigma, mask=0 * mask))
     with pytest.raises(ValueError):
         ScoreUNet(1, y_channels=1, embedding=emb)
+
+
+def test_score_unet_embedding_map_learns_a_y_dependent_layout():
+    # y one-hot picks a quadrant; the output must light that quadrant up from x = 0
+    # (the map onto the grid gives the layout directly; without it only the padding could)
+    torch.manual_seed(0)
+    emb = MLPEmbedding(4, 16)
+    net = ScoreUNet(1, base_channels=8, channel_mults=(1, 2), embedding=emb, embedding_map=2, grid_size=(8, 8))
+    y = torch.eye(4)
+    target = torch.zeros(4, 1, 8, 8)
+    for k, (r, c) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
+        target[k, 0, r : r + 4, c : c + 4] = 1.0
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = (net(torch.zeros(4, 1, 8, 8), y, torch.full((4,), 0.5)) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 2e-3
+    assert net.y_map.weight.shape == (2 * 4 * 4, emb.out_dim)  # a 4 x 4 map, upsampled to 8 x 8
+    with pytest.raises(ValueError, match=r"built for a \(8, 8\) grid"):
+        net(torch.zeros(1, 1, 16, 16), y[:1], 0.5)
+    with pytest.raises(ValueError, match="embedding_map needs"):
+        ScoreUNet(1, embedding=emb, embedding_map=2)
+
+
+def test_cond_score_net_without_map_channels_builds_as_saved_before():
+    # posterior files written before the embedding map existed have no "map_channels"
+    from bayesinv.methods.cond_score import CondScoreNet
+
+    spec = dict(network="unet", x_dim=64, c_dim=5, activation="silu", process={"kind": "ve", "sigma_max": 5.0},
+                hidden=[8], base_channels=8, channel_mults=[1, 2], x_shape=[1, 8, 8],
+                embedding={"kind": "mlp", "dim": 16, "in_shape": []})  # fmt: skip
+    assert CondScoreNet(spec).inner.y_map is None
+    spec["embedding"]["map_channels"] = 3
+    assert CondScoreNet(spec).inner.inp.in_channels == 1 + 3

@@ -96,6 +96,10 @@ class CondScoreConfig:
             ``"cnn"`` or ``"auto"`` (U-Net: channels on the grid, CNN for one field,
             MLP otherwise; MLP network: raw).
         embed_dim: Size of the observation embedding.
+        embed_map_channels: U-Net with an embedded observation: channels of the learned
+            map from the embedding onto a coarse copy of the target grid (extra input
+            channels; 0 turns it off, leaving the embedding only as a feature shift that
+            carries no spatial layout).
         base_channels, channel_mults: U-Net width and resolution levels.
         sigma_max: σ_max of the VE process (paper: 5).
         beta_min, beta_max: β(0) and β(1) of the VP process (paper: 0.001 and 5).
@@ -120,6 +124,7 @@ class CondScoreConfig:
     activation: str = "silu"
     embedding: str = "auto"
     embed_dim: int = 64
+    embed_map_channels: int = 8
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
     sigma_max: float = 5.0
@@ -225,6 +230,8 @@ class CondScoreNet(nn.Module):
             self.inner = ScoreUNet(
                 self.x_shape[0], y_channels, spec["base_channels"], tuple(spec["channel_mults"]),
                 embedding=emb, sigma_range=sigma_range,
+                # files saved before the map existed have no "map_channels": none
+                embedding_map=int((spec.get("embedding") or {}).get("map_channels", 0)), grid_size=self.x_shape[1:],
             )  # fmt: skip
 
         # input preconditioning (set by the fit from the training data, saved with the weights):
@@ -319,7 +326,8 @@ def _net_spec(cfg: CondScoreConfig, target: Layout, condition: Layout, process: 
         kind = cfg.embedding if cfg.embedding in ("mlp", "cnn") else ("cnn" if field_cond else "mlp")
         if kind == "cnn" and not field_cond:
             raise ProblemError(f"embedding='cnn' needs one 2-D field condition; got {dict(zip(condition.names, condition.shapes))}")
-        spec["embedding"] = {"kind": kind, "dim": cfg.embed_dim, "in_shape": list(_grid(condition.shapes[0]) or ())}
+        spec["embedding"] = {"kind": kind, "dim": cfg.embed_dim, "in_shape": list(_grid(condition.shapes[0]) or ()),
+                             "map_channels": int(cfg.embed_map_channels)}  # fmt: skip
     return spec
 
 

@@ -5,7 +5,10 @@ embedding added in every block, a few resolution levels joined by skip connectio
 An observation on the same grid enters as extra input channels (the cSDM paper treats
 x and y as channels of one image); an observation of another shape goes through an
 embedding network (:class:`~bayesinv.nets.embedding.CNNEmbedding`, ...) whose output is
-added to the time embedding. Sizes that are not multiples of :math:`2^{levels-1}` are
+added to the time embedding and, with ``embedding_map`` channels, also mapped linearly
+onto a coarse copy of the grid (upsampled, extra input channels): a feature vector
+added to every pixel alike says *what* the observation is but not *where* its
+structure lies, which an image posterior (EIT: voltages → conductivity) needs. Sizes that are not multiples of :math:`2^{levels-1}` are
 padded and cropped back.
 """
 
@@ -57,6 +60,10 @@ class ScoreUNet(nn.Module):
         mask_channels: Channels of a measurement-operator mask on the grid (0 for none).
         embedding: A module mapping ``y`` to ``(*, embedding.out_dim)`` features, for an
             observation not on the grid (then ``y_channels`` must be 0).
+        embedding_map: Channels of the learned map from the embedding onto the grid
+            (0: none). The map is made at ``grid_size`` / 2^(levels − 1) and upsampled
+            bilinearly.
+        grid_size: ``(H, W)`` of the target, needed for ``embedding_map``.
         sigma_range: ``(sigma_min, sigma_max)`` for a noise-level input; ``None`` for time.
         scale_by_sigma: Whether to divide the output by σ (needs ``sigma_range``).
         groups: GroupNorm groups (reduced to a divisor of the channels).
@@ -76,6 +83,8 @@ class ScoreUNet(nn.Module):
         *,
         mask_channels: int = 0,
         embedding: nn.Module | None = None,
+        embedding_map: int = 0,
+        grid_size: tuple[int, int] | None = None,
         sigma_range: tuple[float, float] | None = None,
         scale_by_sigma: bool = False,
         groups: int = 8,
@@ -85,6 +94,8 @@ class ScoreUNet(nn.Module):
             raise ValueError("scale_by_sigma needs a noise-level input: give sigma_range")
         if embedding is not None and y_channels:
             raise ValueError("give either y_channels (y on the grid) or embedding (y of another shape)")
+        if embedding_map and (embedding is None or grid_size is None):
+            raise ValueError("embedding_map needs an embedding and the grid_size (H, W) of the target")
         self.x_channels, self.y_channels, self.mask_channels = x_channels, y_channels, mask_channels
         self.scale_by_sigma, self.embedding = scale_by_sigma, embedding
         chs = [base_channels * m for m in channel_mults]
@@ -92,7 +103,13 @@ class ScoreUNet(nn.Module):
         self.noise = NoiseEmbedding(sigma_range)
         self.emb = nn.Sequential(nn.Linear(self.noise.out_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.y_emb = nn.Linear(embedding.out_dim, emb_dim) if embedding is not None else None
-        self.inp = nn.Conv2d(x_channels + y_channels + mask_channels, chs[0], 3, padding=1)
+        self._factor = 2 ** (len(chs) - 1)
+        self.embedding_map, self.y_map = int(embedding_map), None
+        if self.embedding_map:
+            self.grid_size = tuple(int(v) for v in grid_size)
+            self.map_size = tuple(-(-v // self._factor) for v in self.grid_size)
+            self.y_map = nn.Linear(embedding.out_dim, self.embedding_map * self.map_size[0] * self.map_size[1])
+        self.inp = nn.Conv2d(x_channels + y_channels + mask_channels + self.embedding_map, chs[0], 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         c = chs[0]
         for i, c_out in enumerate(chs):
@@ -108,7 +125,6 @@ class ScoreUNet(nn.Module):
             if i > 0:
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
         self.out = nn.Sequential(_norm(c, groups), nn.SiLU(), nn.Conv2d(c, x_channels, 3, padding=1))
-        self._factor = 2 ** (len(chs) - 1)
 
     def _grid_input(self, c: Tensor, batch: torch.Size, name: str) -> Tensor:
         if c is None:
@@ -134,11 +150,17 @@ class ScoreUNet(nn.Module):
             h.append(self._grid_input(y, batch, "y"))
         if self.mask_channels:
             h.append(self._grid_input(mask, batch, "mask"))
-        h = torch.cat(h, dim=1)
         emb = self.emb(self.noise(t))
         if self.embedding is not None:
             e = self.embedding(y)
-            emb = emb + self.y_emb(e.expand(*batch, e.shape[-1]).reshape(-1, e.shape[-1]))
+            e = e.expand(*batch, e.shape[-1]).reshape(-1, e.shape[-1])
+            emb = emb + self.y_emb(e)
+            if self.y_map is not None:
+                if (H, W) != self.grid_size:
+                    raise ValueError(f"ScoreUNet was built for a {self.grid_size} grid (embedding_map); got x of {(H, W)}")
+                grid = self.y_map(e).reshape(-1, self.embedding_map, *self.map_size)
+                h.append(F.interpolate(grid, size=(H, W), mode="bilinear", align_corners=False))
+        h = torch.cat(h, dim=1)
         emb = F.silu(emb)
 
         pad_h, pad_w = -H % self._factor, -W % self._factor
