@@ -19,7 +19,8 @@ r"""EIT (pyEIT): mesh convergence, forward-solve speed, Gauss–Newton tuning an
   Results go to ``benchmarks/results/eit_<k>anom_<snr>db_<size>px.json`` and the
   fitted posteriors to ``out/eit_bench/`` (read by ``examples/eit.py``). ``--reuse``
   loads those posteriors instead of fitting; ``--test-anomalies``/``--test-snr`` test on
-  another prior or noise level (the generalisation test).
+  another prior or noise level (the generalisation test). Each learned method is scored
+  on one posterior draw per test observation, or on the mean of ``--num-draws`` draws.
 - ``--learned --published``: the same on the published-size store of the setting (made
   by ``--datasets``, simulated first when missing): trained on its 21,600 training pairs at
   128 × 128, K′ chosen on its validation part, scored on its 50 test pairs; results in
@@ -357,7 +358,9 @@ def learned(args) -> None:
             elif method == "cond_score":
                 options = {"sampler": "sde", "steps": args.steps}
             t0 = time.perf_counter()
-            rec = post.sample(test_y, 1, seed=args.seed, **options)["sigma"][:, 0].numpy()
+            # one draw per test observation (the default), or the mean of --num-draws draws
+            rec = post.sample(test_y, args.num_draws, seed=args.seed, **options)["sigma"].mean(1).numpy()
+            extra["num_draws"] = args.num_draws
             sample_s = time.perf_counter() - t0
             post.save(BENCH_OUT / f"{tag}_{method}.bayesinv")
             extra["info"] = {key: v for key, v in post.info.items() if isinstance(v, (int, float, bool, type(None)))}
@@ -410,6 +413,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="load the posteriors saved by an earlier run instead of fitting")
     parser.add_argument("--label", default=None, help="store the rows under method + '_' + label")
     parser.add_argument("--num-test", type=int, default=50)
+    parser.add_argument("--num-draws", type=int, default=1,
+                        help="learned methods: score the mean of this many posterior draws per test observation (1: one draw)")
     parser.add_argument("--num-val", type=int, default=10)
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.07, 0.05, 0.035, 0.025, 0.018])
     args = parser.parse_args()
