@@ -209,15 +209,35 @@ PUBLISHED = {
 BENCH_OUT = Path(os.environ.get("BAYESINV_OUT", "out")) / "eit_bench"
 
 
-def _dataset(eit: "E.EIT", n: int, seed: int, tag: str):
-    r"""Simulated pairs, cached as zarr under ``out/eit_bench/data`` (resumable)."""
+def _in_memory(ds):
+    r"""The ``sigma`` and ``y`` of a (zarr-backed) dataset, read into memory."""
     import xarray as xr
 
+    return xr.Dataset({k: ds[k].load() for k in ("sigma", "y")})
+
+
+def _head(ds, n: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""The first ``n`` (sigma, y) pairs of a lazily read dataset part (only those are read)."""
+    return ds["sigma"][:n].values, ds["y"][:n].values
+
+
+def _dataset(eit: "E.EIT", n: int, seed: int, tag: str):
+    r"""Simulated pairs, cached as zarr under ``out/eit_bench/data`` (resumable)."""
     path = BENCH_OUT / "data" / f"{tag}_n{n}_seed{seed}.zarr"
     t0 = time.perf_counter()
     ds = E.make_dataset(n, path=str(path), eit=eit, seed=seed, chunk_size=500, progress=False)
-    ds = xr.Dataset({k: ds[k].load() for k in ("sigma", "y")})
-    return ds, time.perf_counter() - t0
+    return _in_memory(ds), time.perf_counter() - t0
+
+
+def _published_store(k: int, snr: float, n: int, workers: int):
+    r"""One setting's published-size store (zarr, lazily read) and its path.
+
+    The missing pairs are simulated first with ``workers`` processes (resumable: an
+    interrupted run continues where it stopped).
+    """
+    path = BENCH_OUT / "data" / f"published_{k}anom_{snr:g}db_n{n}.zarr"
+    eit = E.make_model(k, snr, workers=workers)
+    return E.make_dataset(n, path=str(path), eit=eit, seed=0, chunk_size=500, progress=True), path
 
 
 def published_datasets(settings: list[tuple[int, float]], workers: int, n: int, machine: str) -> None:
@@ -231,10 +251,8 @@ def published_datasets(settings: list[tuple[int, float]], workers: int, n: int, 
     path_json = RESULTS / "eit_datasets.json"
     payload = json.loads(path_json.read_text()) if path_json.exists() else {"datasets": {}}
     for k, snr in settings:
-        path = BENCH_OUT / "data" / f"published_{k}anom_{snr:g}db_n{n}.zarr"
-        eit = E.make_model(k, snr, workers=workers)
         t0 = time.perf_counter()
-        ds = E.make_dataset(n, path=str(path), eit=eit, seed=0, chunk_size=500, progress=True)
+        ds, path = _published_store(k, snr, n, workers)
         wall = time.perf_counter() - t0
         parts = E.split_dataset(ds)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -246,22 +264,6 @@ def published_datasets(settings: list[tuple[int, float]], workers: int, n: int, 
         path_json.write_text(json.dumps(payload, indent=1))
         print(f"{k} anomalies, {snr:g} dB: {n} pairs in {wall:.0f} s with {workers} workers ({n / wall:.0f} pairs/s), "
               f"{size / 2**30:.2f} GiB at {path}; split {row['split']}", flush=True)  # fmt: skip
-
-
-def _published_parts(k: int, snr: float, n: int, workers: int) -> tuple[dict, float]:
-    r"""The train / validation / test parts of one setting's published-size store, in memory.
-
-    The store is the one ``--datasets`` writes; when it is missing or incomplete the
-    missing pairs are simulated first (``workers`` processes, resumable).
-    """
-    import xarray as xr
-
-    path = BENCH_OUT / "data" / f"published_{k}anom_{snr:g}db_n{n}.zarr"
-    t0 = time.perf_counter()
-    ds = E.make_dataset(n, path=str(path), eit=E.make_model(k, snr, workers=workers), seed=0, chunk_size=500,
-                        progress=True)  # fmt: skip
-    parts = {name: xr.Dataset({v: part[v].load() for v in ("sigma", "y")}) for name, part in E.split_dataset(ds).items()}
-    return parts, time.perf_counter() - t0
 
 
 def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int, base_channels: int = 16):
@@ -292,26 +294,27 @@ def learned(args) -> None:
 
     k, snr, size = args.anomalies, args.snr, args.image_size
     test_k, test_snr = args.test_anomalies or k, args.test_snr or snr
+    generalisation = (test_k, test_snr) != (k, snr)
     if args.published:
-        parts, t_train = _published_parts(k, snr, args.num_pairs, args.workers)
-        size = int(parts["train"]["sigma"].shape[-1])
+        t0 = time.perf_counter()
+        parts = E.split_dataset(_published_store(k, snr, args.num_pairs, args.workers)[0])
+        train, t_train = _in_memory(parts["train"]), time.perf_counter() - t0
+        size = int(train["sigma"].shape[-1])
         eit = E.make_model(k, snr, image_size=size)
-        train = parts["train"]
-        val_sigma, val_y = (parts["validation"][v].values[: args.num_val] for v in ("sigma", "y"))
-        test_parts = parts if (test_k, test_snr) == (k, snr) else _published_parts(test_k, test_snr, args.num_pairs, args.workers)[0]
-        test_sigma, test_y = (test_parts["test"][v].values[: args.num_test] for v in ("sigma", "y"))
+        val_sigma, val_y = _head(parts["validation"], args.num_val)
+        if generalisation:
+            parts = E.split_dataset(_published_store(test_k, test_snr, args.num_pairs, args.workers)[0])
+        test_sigma, test_y = _head(parts["test"], args.num_test)
         args.num_train, args.num_val, args.num_test = int(train.sizes["draw"]), len(val_y), len(test_y)
         tag, source = f"eit_{k}anom_{snr:g}db_{size}px_published", "the published-size store"
     else:
         eit = E.make_model(k, snr, image_size=size)
         train, t_train = _dataset(eit, args.num_train, 1, f"{k}anom_{snr:g}db_{size}px")
         val_sigma, val_y = eit.draw(seed=100, n=args.num_val)
-        test_sigma, test_y = None, None
-        tag, source = f"eit_{k}anom_{snr:g}db_{size}px", "prior draws of seed 0"
-    test_eit = eit if (test_k, test_snr) == (k, snr) else E.make_model(test_k, test_snr, image_size=size)
-    if test_y is None:
+        test_eit = E.make_model(test_k, test_snr, image_size=size) if generalisation else eit
         test_sigma, test_y = test_eit.draw(seed=0, n=args.num_test)
-    result_tag = tag if test_eit is eit else f"{tag}_test_{test_k}anom_{test_snr:g}db"
+        tag, source = f"eit_{k}anom_{snr:g}db_{size}px", "prior draws of seed 0"
+    result_tag = f"{tag}_test_{test_k}anom_{test_snr:g}db" if generalisation else tag
     print(f"{tag}: {args.num_train} training pairs simulated/loaded in {t_train:.0f} s; {args.num_val} validation,"
           f" {args.num_test} test pairs ({source})", flush=True)  # fmt: skip
     results_path = RESULTS / f"{result_tag}.json"
@@ -366,7 +369,7 @@ def learned(args) -> None:
             extra["info"] = {key: v for key, v in post.info.items() if isinstance(v, (int, float, bool, type(None)))}
         m = np.array([field_metrics(r, s) for r, s in zip(rec, test_sigma)])
         row = {"mean": m.mean(0).tolist(), "std": m.std(0).tolist(), "fit_time_s": fit_s, "sample_time_s": sample_s, **extra}
-        published = PUBLISHED.get((k, snr), {}).get(method) if test_eit is eit else None
+        published = PUBLISHED.get((k, snr), {}).get(method) if not generalisation else None
         if published:
             row["published_mse_psnr_ssim"] = list(published)
         # re-read: several runs (one per method) may write the same file

@@ -8,8 +8,8 @@ embedding network (:class:`~bayesinv.nets.embedding.CNNEmbedding`, ...) whose ou
 added to the time embedding and, with ``embedding_map`` channels, also mapped linearly
 onto a coarse copy of the grid (upsampled, extra input channels): a feature vector
 added to every pixel alike says *what* the observation is but not *where* its
-structure lies, which an image posterior (EIT: voltages → conductivity) needs. Sizes that are not multiples of :math:`2^{levels-1}` are
-padded and cropped back.
+structure lies, which an image posterior (EIT: voltages → conductivity) needs. Sizes
+that are not multiples of :math:`2^{levels-1}` are padded and cropped back.
 """
 
 from __future__ import annotations
