@@ -9,6 +9,8 @@ from bayesinv._version import __version__
 from bayesinv.api import fit, infer
 from bayesinv.data import simulate
 from bayesinv.diagnostics import compare
+from bayesinv import errors
+from bayesinv.errors import BayesinvError, OptionError, PosteriorFileError, StoreError, StoreLockedError
 from bayesinv.io import load
 from bayesinv.problem import Problem, ProblemError, trace_problem
 from bayesinv.registry import Draws, available_methods, register_method
@@ -31,4 +33,10 @@ __all__ = [
     "external",
     "python_script",
     "SimulationError",
+    "errors",
+    "BayesinvError",
+    "OptionError",
+    "PosteriorFileError",
+    "StoreError",
+    "StoreLockedError",
 ]

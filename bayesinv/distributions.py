@@ -189,8 +189,7 @@ class WrappedPhase(TorchDistribution):
         return out.to(dtype if dtype.is_floating_point else self.k.dtype)
 
 
-class LikelihoodFreeError(NotImplementedError):
-    r"""Raised when a method asks an :class:`Implicit` observation for a likelihood."""
+from bayesinv.errors import LikelihoodFreeError  # noqa: E402  (re-exported)
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:

@@ -30,8 +30,7 @@ FORMAT = "bayesinv-posterior"
 FORMAT_VERSION = 1
 
 
-class PosteriorFileError(ValueError):
-    r"""A posterior file that is corrupted, of another format, or of an unsupported version."""
+from bayesinv.errors import PosteriorFileError  # noqa: E402  (re-exported)
 
 
 def write_posterior(path: str | os.PathLike, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:

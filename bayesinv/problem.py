@@ -48,8 +48,7 @@ SiteKind = Literal["latent", "deterministic", "observed"]
 _BATCH_PLATE = "_bayesinv_draws"
 
 
-class ProblemError(ValueError):
-    r"""A model, an observation or an option that bayesinv cannot work with."""
+from bayesinv.errors import ProblemError  # noqa: E402  (re-exported here, where it always lived)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,7 @@ MAX_ERRORS = 5
 STDERR_LINES = 20
 
 
-class SimulationError(RuntimeError):
-    r"""Raised when every draw of a simulator call fails, so no output shape is known."""
+from bayesinv.errors import SimulationError  # noqa: E402  (re-exported)
 
 
 class _OutputShapeError(ValueError):
