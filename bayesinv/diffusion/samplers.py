@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from bayesinv.diffusion.ode import LogProbResult, dopri5, log_prob_ode
 from bayesinv.diffusion.sde import Process
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "probability_flow_ode",
     "predictor_corrector",
     "tweedie_denoise",
+    "probability_flow_log_prob",
+    "flow_matching_ode",
+    "flow_matching_log_prob",
 ]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -264,43 +268,6 @@ def predictor_corrector(
     return SampleResult(x, nfe)
 
 
-# Dormand–Prince 5(4) tableau.
-_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
-_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-)
-_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
-_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)  # b5 - b4
-
-
-def _rms(x: Tensor) -> float:
-    return x.pow(2).mean().sqrt().item()
-
-
-def _dopri5_step(f: Callable, tau: float, x: Tensor, k1: Tensor, h: float) -> tuple[Tensor, list[Tensor]]:
-    r"""One Dormand–Prince step; returns the 5th-order solution and the 7 stages (FSAL)."""
-    k = [k1]
-    for c, a in zip(_C[1:], _A[1:]):
-        k.append(f(tau + c * h, x + h * sum(ai * ki for ai, ki in zip(a, k))))
-    x_new = x + h * sum(bi * ki for bi, ki in zip(_B, k))
-    k.append(f(tau + h, x_new))
-    return x_new, k
-
-
-def _initial_step(f: Callable, tau: float, x: Tensor, k1: Tensor, rtol: float, atol: float) -> float:
-    r"""Hairer–Wanner's starting step size, as in ``scipy.integrate.solve_ivp``."""
-    scale = atol + x.abs() * rtol
-    d0, d1 = _rms(x / scale), _rms(k1 / scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    d2 = _rms((f(tau + h0, x + h0 * k1) - k1) / scale) / h0
-    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** 0.2
-    return min(100 * h0, h1)
-
 
 @torch.no_grad()
 def probability_flow_ode(
@@ -355,41 +322,124 @@ def probability_flow_ode(
         raise ValueError(f"probability_flow_ode: power must be >= 1, got {power}")
     if not 0.0 < t_min < 1.0:
         raise ValueError(f"probability_flow_ode: t_min must lie in (0, 1), got {t_min}")
-    nfe = 0
 
     def t_of(r: float) -> float:
         return (1.0 - r) ** power
 
     def f(r: float, x: Tensor) -> Tensor:
-        nonlocal nfe
-        nfe += 1
         t = torch.tensor(t_of(r), dtype=x.dtype, device=x.device)
         return power * (1.0 - r) ** (power - 1.0) * _velocity(score_fn, x, t, process)
 
-    r, r_end = 0.0, 1.0 - t_min ** (1.0 / power)
-    k1 = f(r, x)
-    h = first_step if first_step is not None else _initial_step(f, r, x, k1, rtol, atol)
-    accepted = attempts = 0
-    while r < r_end:
-        if attempts == max_steps:
-            raise RuntimeError(f"probability_flow_ode: not finished after {max_steps} steps (t = {t_of(r):.3g})")
-        attempts += 1
-        h = min(h, r_end - r)
-        x_new, k = _dopri5_step(f, r, x, k1, h)
-        err = h * sum(ei * ki for ei, ki in zip(_E, k))
-        err = _rms(err / (atol + rtol * torch.maximum(x.abs(), x_new.abs())))
-        if not math.isfinite(err):
-            raise FloatingPointError("probability_flow_ode: non-finite error estimate")
-        if err <= 1.0:
-            r = r_end if r_end - r - h < 1e-12 else r + h
-            x, k1 = x_new, k[-1]
-            accepted += 1
-            if callback is not None:
-                callback({"i": accepted - 1, "t": t_of(r), "x": x})
-            h *= 10.0 if err == 0 else min(10.0, 0.9 * err**-0.2)
-        else:
-            h *= max(0.2, 0.9 * err**-0.2)
+    step = None if callback is None else (lambda i, r, x: callback({"i": i, "t": t_of(r), "x": x}))
+    r_end = 1.0 - t_min ** (1.0 / power)
+    x, nfe = dopri5(f, x, 0.0, r_end, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps,
+                    callback=step, name="probability_flow_ode")  # fmt: skip
     if denoise:
         x = tweedie_denoise(score_fn, x, t_min, process)
         nfe += 1
     return SampleResult(x, nfe)
+
+
+def _normal_log_prob(std: float) -> Callable[[Tensor], Tensor]:
+    def log_prob(z: Tensor) -> Tensor:
+        d = z[0].numel()
+        return -0.5 * (z / std).pow(2).flatten(1).sum(1) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+    return log_prob
+
+
+def probability_flow_log_prob(
+    score_fn: ScoreFn,
+    x: Tensor,
+    process: Process,
+    *,
+    t_min: float = 1e-3,
+    power: float = 2.0,
+    exact: bool = True,
+    num_probes: int = 1,
+    generator: torch.Generator | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 10_000,
+) -> LogProbResult:
+    r"""The exact log-density of :func:`probability_flow_ode`'s output (without ``denoise``).
+
+    The sampler pushes :math:`\mathcal{N}(0, \sigma_T^2 I)` through the ODE from
+    :math:`t = 1` to ``t_min``; this integrates the same field back from ``x`` with the
+    instantaneous change of variables (:func:`~bayesinv.diffusion.ode.log_prob_ode`),
+    so ``log_prob`` is the density of the distribution the sampler draws from (up to
+    the integration tolerances), whatever the accuracy of the score.
+
+    Arguments:
+        score_fn: The score :math:`s(x, t)`.
+        x: Points, ``(B, *event)``.
+        process: The forward process.
+        t_min, power: As given to :func:`probability_flow_ode`.
+        exact: Exact divergence (small targets), else Hutchinson's estimator.
+        num_probes: Hutchinson probes averaged per point.
+        generator: Random generator of the probes.
+        rtol, atol, max_steps: Integration tolerances.
+
+    Returns:
+        A :class:`~bayesinv.diffusion.ode.LogProbResult` ``(log_prob (B,), std_error (B,), nfe)``.
+    """
+
+    def f(r: float, x: Tensor) -> Tensor:
+        t = torch.tensor((1.0 - r) ** power, dtype=x.dtype, device=x.device)
+        return power * (1.0 - r) ** (power - 1.0) * _velocity(score_fn, x, t, process)
+
+    r_end = 1.0 - t_min ** (1.0 / power)
+    return log_prob_ode(f, x, r_end, 0.0, _normal_log_prob(process.prior_std()), exact=exact, num_probes=num_probes,
+                        generator=generator, rtol=rtol, atol=atol, max_steps=max_steps)  # fmt: skip
+
+
+@torch.no_grad()
+def flow_matching_ode(
+    velocity_fn: ScoreFn,
+    x: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 10_000,
+    callback: Callback | None = None,
+) -> SampleResult:
+    r"""Integrates a flow-matching vector field :math:`dx/dt = v(x, t)` from noise
+    (:math:`t = 0`, ``x`` :math:`\sim \mathcal{N}(0, I)`) to data (:math:`t = 1`).
+
+    Arguments:
+        velocity_fn: The field :math:`v(x, t)`, ``t`` a 0-dim tensor.
+        x: Standard normal draws ``(*, *event)``.
+        rtol, atol, max_steps: Of the adaptive RK5(4) integrator.
+        callback: Called after each accepted step with ``{"i", "t", "x"}``.
+
+    Returns:
+        The samples and the number of field evaluations.
+    """
+
+    def f(t: float, x: Tensor) -> Tensor:
+        return velocity_fn(x, torch.tensor(t, dtype=x.dtype, device=x.device))
+
+    step = None if callback is None else (lambda i, t, x: callback({"i": i, "t": t, "x": x}))
+    x, nfe = dopri5(f, x, 0.0, 1.0, rtol=rtol, atol=atol, max_steps=max_steps, callback=step, name="flow_matching_ode")
+    return SampleResult(x, nfe)
+
+
+def flow_matching_log_prob(
+    velocity_fn: ScoreFn,
+    x: Tensor,
+    *,
+    exact: bool = True,
+    num_probes: int = 1,
+    generator: torch.Generator | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 10_000,
+) -> LogProbResult:
+    r"""The exact log-density of :func:`flow_matching_ode`'s output at ``x`` ``(B, *event)``
+    (instantaneous change of variables back to the standard normal at :math:`t = 0`)."""
+
+    def f(t: float, x: Tensor) -> Tensor:
+        return velocity_fn(x, torch.tensor(t, dtype=x.dtype, device=x.device))
+
+    return log_prob_ode(f, x, 1.0, 0.0, _normal_log_prob(1.0), exact=exact, num_probes=num_probes,
+                        generator=generator, rtol=rtol, atol=atol, max_steps=max_steps)  # fmt: skip
