@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 
+from bayesinv._checks import as_observation, check_count, check_seed
 from bayesinv._context import RunContext, run_context
 
 __all__ = [
@@ -48,7 +50,9 @@ SiteKind = Literal["latent", "deterministic", "observed"]
 _BATCH_PLATE = "_bayesinv_draws"
 
 
-from bayesinv.errors import ProblemError  # noqa: E402  (re-exported here, where it always lived)
+from bayesinv.errors import ProblemError, SimulationError  # noqa: E402  (re-exported here, where it always lived)
+
+_log = logging.getLogger("bayesinv")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class Problem:
             a dict observation, or ``None`` when the model passes its argument directly.
         fixed_observed: Observed sites whose value is fixed inside the model (not from ``y``).
         batch_ndim: The largest number of batch dims of any sample site (plates).
+        name: The model's name.
+        transformed_observed: Observed sites whose value is not the observation itself but
+            a transform of it (the model observes ``y * 2``, ``y.reshape(...)``): found when
+            tracing, for methods that learn from simulated site values.
     """
 
     model: Callable
@@ -105,6 +113,7 @@ class Problem:
     fixed_observed: tuple[str, ...] = ()
     batch_ndim: int = 0
     name: str = ""
+    transformed_observed: tuple[str, ...] = ()
 
     # -- site groups -------------------------------------------------------------------
     @property
@@ -221,16 +230,20 @@ class Problem:
         batch_shape: tuple[int, ...] | None = None
         for name, value in values.items():
             site = self.sites[name]
-            t = _as_tensor(value, name)
+            t = as_observation(value, name)
+            if t.dim() == 1 and not isinstance(value, torch.Tensor) and np.ndim(value) == 0:
+                t = t.reshape(())  # np.ascontiguousarray makes a scalar 1-d
             dtype = site.dtype if site.dtype.is_floating_point else t.dtype
             t = t.to(dtype)
             shape = tuple(t.shape)
             nd = len(site.shape)
-            if shape[len(shape) - nd:] != site.shape or (not allow_batch and len(shape) != nd):
+            if len(shape) < nd or shape[len(shape) - nd:] != site.shape or (not allow_batch and len(shape) != nd):
                 raise ProblemError(
                     f"observation for site {name!r} has shape {shape}, but the model's observed site {name!r}"
                     f" has shape {site.shape}"
                     + (" (a batch of observations goes in leading dims)" if allow_batch else "")
+                    + (f"; the model observes a transform of y at site {name!r}: pass y with the site's shape"
+                       if name in self.transformed_observed else "")
                 )
             if t.is_floating_point() and not torch.isfinite(t).all():
                 bad = (~torch.isfinite(t)).nonzero()
@@ -338,48 +351,79 @@ def _is_deterministic(site: dict) -> bool:
     return bool(site["infer"].get("_deterministic", False))
 
 
-def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | None = None, seed: int = 0) -> Problem:
-    r"""Traces ``model`` once and describes its sites.
+_TRACE_ATTEMPTS = 10
+
+
+def _attempt_seed(seed: int, attempt: int) -> int:
+    r"""The seed of tracing attempt ``attempt`` (attempt 0 uses ``seed`` itself)."""
+    if attempt == 0:
+        return seed
+    state = np.random.SeedSequence([seed, attempt, 7]).generate_state(1, dtype=np.uint64)[0]
+    return int(state % np.uint64(2**63))
+
+
+def _sample_nodes(trace) -> dict[str, dict]:
+    return {name: node for name, node in trace.nodes.items() if node["type"] == "sample"}
+
+
+def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | str | None = None, seed: int | None = 0) -> Problem:
+    r"""Traces ``model`` and describes its sites.
+
+    The model first runs once without an observation (``model()``), drawing its latent
+    sites from the prior. A model that fails for some prior draws (a solver that
+    diverges for ~5 % of parameters) is traced again with other draws, up to 10 in all;
+    only when every draw fails is the error raised, with the first draw's error.
+
+    The observed sites are found by running the model again with the same latent values
+    and an observation: first a marker object standing in for ``y`` (it finds the sites
+    that receive ``obs=y`` or ``obs=y["key"]`` and under which key); when the model
+    cannot use the marker (it transforms ``y`` before observing it: ``y.reshape(...)``,
+    ``y * 2``, ``torch.as_tensor(y)``), with each sample site's own simulated value as
+    ``y`` (then a dict of them): the observed sites are those that receive ``obs=``
+    only when an observation is given.
 
     Arguments:
         model: A Pyro model ``model(y=None)`` whose observed sites receive ``obs=y``
-            (or ``obs=y["name"]`` for several observed sites).
+            (or ``obs=y["name"]`` for several observed sites), possibly transformed.
         observed: Names of the observed sites, for models whose observation cannot be
-            found automatically (e.g. the model inspects ``y`` before observing it).
-        seed: Seed of the tracing run.
+            found automatically.
+        seed: Seed of the first tracing run (the one seed rule: an ``int`` in
+            ``[0, 2**63)``, or ``None`` for a fresh random seed).
 
     Returns:
         A :class:`Problem`.
+
+    Example:
+        >>> def model(y=None):
+        ...     theta = pyro.sample("theta", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+        ...     obs = None if y is None else torch.as_tensor(y).reshape(4)
+        ...     return pyro.sample("y", dist.Normal(theta, 0.1).to_event(1), obs=obs)
+        >>> trace_problem(model).observed
+        ('y',)
     """
     if not callable(model):
         raise ProblemError(f"model must be a callable Pyro model, got {type(model).__name__}")
-    finder = _ObsFinder()
-    ctx = RunContext(batch_size=None)
-    with _rng(seed), run_context(ctx):
-        try:
-            if observed is None:
-                with poutine.trace() as tracer, finder:
-                    model(_ObsMarker())
-            else:
-                with poutine.trace() as tracer:
-                    model()
-        except Exception as exc:  # noqa: BLE001 - we add context and re-raise
-            raise ProblemError(
-                f"running the model once to trace it failed with {type(exc).__name__}: {exc}"
-                + ("" if observed else "; if the model inspects y before observing it, pass observed=[site names]")
-            ) from exc
-    trace = tracer.trace
-    obs_keys = dict(finder.found) if observed is None else {n: None for n in observed}
+    if isinstance(observed, str):
+        observed = (observed,)
+    if observed is not None:
+        observed = tuple(observed)
+        bad = [n for n in observed if not isinstance(n, str)]
+        if bad or not observed:
+            raise ProblemError(f"observed= must name at least one site (a list of strings), got {list(observed)!r}")
+    seed = check_seed(seed)
+    trace, ctx, used_seed = _trace_prior(model, seed)
     if observed is not None:
         unknown = [n for n in observed if n not in trace.nodes]
         if unknown:
             raise ProblemError(f"observed= names {unknown} are not sites of the model ({list(trace.nodes)})")
+        obs_keys: dict[str, str | None] = {n: None for n in observed}
+        transformed: tuple[str, ...] = ()
+    else:
+        obs_keys, transformed = _find_observed(model, trace, ctx, used_seed)
     sites: dict[str, Site] = {}
     fixed: list[str] = []
     batch_ndim = 0
-    for name, node in trace.nodes.items():
-        if node["type"] != "sample":
-            continue
+    for name, node in _sample_nodes(trace).items():
         fn = node["fn"]
         value = node["value"]
         if _is_deterministic(node):
@@ -419,7 +463,139 @@ def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | No
         fixed_observed=tuple(fixed),
         batch_ndim=batch_ndim,
         name=getattr(model, "__name__", type(model).__name__),
+        transformed_observed=transformed,
     )
+
+
+def _trace_prior(model: Callable, seed: int):
+    r"""Runs ``model()`` on up to :data:`_TRACE_ATTEMPTS` prior draws; the first that succeeds."""
+    failures: list[tuple[int, Exception, RunContext]] = []
+    for attempt in range(_TRACE_ATTEMPTS):
+        s = _attempt_seed(seed, attempt)
+        ctx = RunContext(batch_size=None)
+        try:
+            with _rng(s), run_context(ctx), poutine.trace() as tracer:
+                model()
+        except Exception as exc:  # noqa: BLE001 - retried with another prior draw, then reported
+            failures.append((s, exc, ctx))
+            continue
+        if failures:
+            _log.info(
+                "tracing model %s: %d prior draw(s) failed before one succeeded (first error: %s: %s)",
+                getattr(model, "__name__", "model"), len(failures), type(failures[0][1]).__name__, failures[0][1],
+            )
+        return tracer.trace, ctx, s
+    raise _tracing_error(model, failures)
+
+
+def _tracing_error(model: Callable, failures: list[tuple[int, Exception, RunContext]]) -> Exception:
+    r"""The error when every tracing draw failed: names a simulator whose output was never finite."""
+    name = getattr(model, "__name__", type(model).__name__)
+    first = failures[0][1]
+    k = len(failures)
+    nonfinite: set[str] | None = None
+    for _, _, ctx in failures:
+        bad = {key for key, out in ctx.outputs.items() if out.is_floating_point() and not torch.isfinite(out).any()}
+        nonfinite = bad if nonfinite is None else nonfinite & bad
+    if nonfinite:
+        sims = sorted(nonfinite)
+        err: Exception = SimulationError(
+            f"simulator(s) {sims} of model {name!r} returned only non-finite values (NaN/inf) on each of the {k}"
+            f" prior draws tried while tracing the model, so the distribution it feeds cannot be built"
+            f" (the model then failed with {type(first).__name__}: {_short(first)}); check the simulator's output"
+        )
+    else:
+        err = ProblemError(
+            f"running model {name!r} to trace it failed on each of the {k} prior draws tried;"
+            f" the first failed with {type(first).__name__}: {_short(first)}"
+        )
+    err.__cause__ = first
+    return err
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _find_observed(model: Callable, trace, ctx: RunContext, seed: int) -> tuple[dict[str, str | None], tuple[str, ...]]:
+    r"""The observed sites of a model traced without observation (``trace``), and their keys.
+
+    Returns:
+        Observed site → key in a dict observation (``None`` for a plain argument), and the
+        observed sites whose value differs from the observation given (transformed ``y``).
+    """
+    nodes = _sample_nodes(trace)
+    latents = {n: node["value"] for n, node in nodes.items() if not node["is_observed"] and not _is_deterministic(node)}
+    fixed_before = {n for n, node in nodes.items() if node["is_observed"]}
+    replay = {k: v for k, v in ctx.outputs.items()}
+
+    def run(arg: Any, finder: Messenger | None = None):
+        run_ctx = RunContext(batch_size=None, replay=dict(replay))
+        with _rng(seed), run_context(run_ctx), poutine.trace() as tracer, _FixLatents(latents):
+            with finder if finder is not None else contextlib.nullcontext():
+                model(arg)
+        return _sample_nodes(tracer.trace)
+
+    finder = _ObsFinder()
+    marker_error: Exception | None = None
+    try:
+        run(_ObsMarker(), finder)
+    except Exception as exc:  # noqa: BLE001 - the model transforms y: look for the sites another way
+        marker_error = exc
+    else:
+        if finder.found:
+            return dict(finder.found), ()
+
+    def newly_observed(after: dict[str, dict]) -> list[str]:
+        return [n for n, node in after.items() if node["is_observed"] and n not in fixed_before and not _is_deterministic(node)]
+
+    candidates = [n for n in reversed(list(latents))]
+    fallback: tuple[dict[str, str | None], tuple[str, ...]] | None = None
+    for name in candidates:
+        value = torch.as_tensor(latents[name]).detach()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                after = run(value.clone())
+        except Exception:  # noqa: BLE001 - not the observed site (or a dict observation)
+            continue
+        found = newly_observed(after)
+        if not found:
+            continue
+        transformed = tuple(
+            n for n in found if not (n == name and _same(after[n]["value"], value))
+        )
+        result = ({n: None for n in found}, transformed)
+        if name in found:
+            return result
+        fallback = fallback or result
+    if fallback is not None:
+        return fallback
+    as_dict = {n: torch.as_tensor(latents[n]).detach().clone() for n in candidates}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            after = run(as_dict)
+    except Exception:  # noqa: BLE001
+        after = {}
+    found = newly_observed(after)
+    if found:
+        transformed = tuple(n for n in found if not _same(after[n]["value"], as_dict.get(n)))
+        return {n: n for n in found}, transformed
+    if marker_error is not None:
+        raise ProblemError(
+            f"cannot find the observed site(s) of model {getattr(model, '__name__', 'model')!r}: with an observation"
+            f" it failed with {type(marker_error).__name__}: {_short(marker_error)}, and no site received obs="
+            " when given a simulated value as y; pass observed=[site names]"
+        ) from marker_error
+    return {}, ()
+
+
+def _same(value: Any, given: torch.Tensor | None) -> bool:
+    if given is None or not isinstance(value, torch.Tensor):
+        return False
+    return tuple(value.shape) == tuple(given.shape) and bool(torch.equal(value.detach().to(given.dtype), given))
 
 
 # ---------------------------------------------------------------------------------------
@@ -491,8 +667,11 @@ def run_batch(
     Returns:
         A :class:`Batch`.
     """
-    if n <= 0:
-        raise ProblemError(f"number of draws must be positive, got {n}")
+    n = check_count("n", n)
+    if seed is not None:
+        seed = check_seed(seed)
+    if y is not None and not _is_checked(problem, y):
+        y, batch_shape = problem.check_y(y)
     with _rng(seed), pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if vectorize is not False and _vectorizable(problem) is not False:
@@ -507,6 +686,40 @@ def run_batch(
 
 
 _VECTORIZABLE: dict[int, bool] = {}
+
+
+def _is_checked(problem: Problem, y: Any) -> bool:
+    r"""Whether ``y`` is already a validated observation: a dict of tensors, one per observed site."""
+    return (
+        isinstance(y, Mapping)
+        and set(y) == set(problem.observed)
+        and all(isinstance(v, torch.Tensor) and not v.requires_grad and tuple(v.shape) == problem.sites[k].shape for k, v in y.items())
+    )
+
+
+def _check_observed_shapes(problem: Problem, trace, batch: tuple[int, ...]) -> None:
+    r"""Raises when an observed site's distribution no longer has the shape it had when traced."""
+    why = _observed_shape_change(problem, trace, batch)
+    if why is not None:
+        raise ProblemError(why)
+
+
+def _observed_shape_change(problem: Problem, trace, batch: tuple[int, ...]) -> str | None:
+    for name in problem.observed:
+        node = trace.nodes.get(name)
+        fn = None if node is None else node["fn"]
+        if fn is None or not hasattr(fn, "batch_shape"):
+            continue
+        shape = tuple(fn.batch_shape) + tuple(getattr(fn, "event_shape", ()))
+        want = problem.sites[name].shape
+        nd = len(want)
+        if len(shape) < nd or shape[len(shape) - nd :] != want:
+            return (
+                f"the model's observed site {name!r} has shape {shape[len(batch):]} in this run, but it had shape"
+                f" {want} when the model was traced (and the observation has shape {want}); an observed site"
+                " must keep its shape from call to call"
+            )
+    return None
 
 
 def _vectorizable(problem: Problem) -> bool | None:
@@ -553,6 +766,10 @@ def _run_vectorized(problem, n, y, fixed, replay_sims, want_prior) -> Batch | No
         _debug_fallback(problem, exc)
         return None
     trace = tracer.trace
+    if y is not None:
+        changed = _observed_shape_change(problem, trace, (n,))
+        if changed is not None:  # the row-by-row run raises the error if the shape really changed
+            return _not_vectorizable(problem, changed)
     values: dict[str, torch.Tensor] = {}
     for name, site in problem.sites.items():
         node = trace.nodes.get(name)
@@ -620,6 +837,8 @@ def _run_loop(problem, n, y, fixed, replay_sims, want_prior) -> Batch:
             continue
         errors.extend(ctx.errors[: max(0, 5 - len(errors))])
         trace = tracer.trace
+        if y is not None:
+            _check_observed_shapes(problem, trace, ())
         row = {}
         for name, site in problem.sites.items():
             if y is not None and site.kind == "observed":
@@ -650,17 +869,3 @@ def _run_loop(problem, n, y, fixed, replay_sims, want_prior) -> Batch:
         valid &= ~torch.isnan(log_lik)
     lp = torch.tensor(log_priors, dtype=torch.float64) if want_prior else None
     return Batch(values, sims, lp, log_lik, valid, errors)
-
-
-def _as_tensor(value: Any, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # noqa: BLE001
-        raise ProblemError(f"observation for site {name!r} cannot be converted to an array: {exc}") from exc
-    if arr.dtype == object:
-        raise ProblemError(f"observation for site {name!r} is not numeric (dtype object)")
-    if arr.dtype.kind == "f" and arr.dtype != np.float64:
-        arr = arr.astype(np.float32)
-    return torch.as_tensor(arr)
