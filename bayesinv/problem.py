@@ -35,6 +35,7 @@ from pyro.poutine.messenger import Messenger
 
 from bayesinv._checks import as_observation, check_count, check_seed
 from bayesinv._context import RunContext, run_context
+from bayesinv.simulators import _OutputShapeError
 
 __all__ = [
     "Site",
@@ -760,7 +761,8 @@ def _run_vectorized(problem, n, y, fixed, replay_sims, want_prior) -> Batch | No
             with pyro.plate(_BATCH_PLATE, n, dim=dim):
                 problem.model(problem.model_argument(y))
     except Exception as exc:  # noqa: BLE001
-        if _VECTORIZABLE.get(id(problem.model)) is True:
+        # a simulator's wrong output shape is its bug, never a model that does not broadcast
+        if _VECTORIZABLE.get(id(problem.model)) is True or isinstance(exc, _OutputShapeError):
             raise
         _VECTORIZABLE[id(problem.model)] = False
         _debug_fallback(problem, exc)
