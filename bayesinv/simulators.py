@@ -5,25 +5,36 @@ without gradients. :func:`simulator` wraps a NumPy function; :func:`external` an
 :func:`python_script` wrap a program run out of process (another interpreter, a
 finite-element code). Inside a model they take and return torch tensors, consult the
 active :class:`bayesinv._context.RunContext` for the batch convention, record their
-outputs and can be replayed. A draw whose simulation raises or returns non-finite
-values becomes a NaN row; it never ends the run.
+outputs and can be replayed.
+
+A row whose simulation raises, times out, kills its worker process or returns
+non-finite values becomes a NaN row, counted as failed; it never ends the run. A call
+that fails is split in halves recursively (bisection), so a few failing rows cost about
+``2 * failures * log2(rows)`` extra calls, not one call per row. An output with the
+wrong number of rows or the wrong shape per row is a bug of the simulator, never a
+failed row: it raises :class:`SimulationError` naming both shapes.
 """
 
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
+import collections
+import ctypes
+import ctypes.util
 import functools
 import importlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 import weakref
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -31,7 +42,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from bayesinv._checks import check_count, check_real
 from bayesinv._context import current_context
+from bayesinv.errors import OptionError, ProblemError, SimulationError
 
 __all__ = [
     "Simulator",
@@ -43,38 +56,43 @@ __all__ = [
 
 MAX_ERRORS = 5
 STDERR_LINES = 20
+ISOLATE = ("bisect", "rows")
+WATCHDOG_INTERVAL = 0.5  # seconds between two checks of a worker that its parent is alive
+_MAX_SIGNATURES = 64  # input signatures whose output shape a simulator remembers
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-from bayesinv.errors import SimulationError  # noqa: E402  (re-exported)
+class _OutputShapeError(SimulationError, ValueError):
+    r"""The output has the wrong number of rows or the wrong shape per row: a bug, never a failed row.
+
+    Also a ``ValueError`` (what earlier versions raised for a missing batch axis).
+    """
 
 
-class _OutputShapeError(ValueError):
-    r"""The output lacks the batch axis of the inputs: a bug, never isolated as a failure."""
-
-
-# --------------------------------------------------------------------------- chunks
+# ------------------------------------------------------------------- call results
 
 
 @dataclass
-class _ChunkResult:
-    out: np.ndarray | None  # None when every row failed
-    num_failed: int = 0
-    messages: list[str] = field(default_factory=list)  # the first MAX_ERRORS
+class _Outcome:
+    r"""What one call of the function gave: an output array, or an error message."""
+
+    out: np.ndarray | None = None
+    error: str | None = None  # "ExceptionType: message"
 
 
-def _message(row: int, error: BaseException) -> str:
-    return f"row {row}: {type(error).__name__}: {error}"
+@dataclass
+class _Calls:
+    r"""The rows settled so far in one simulator call: output parts and failed rows."""
+
+    parts: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (first row, output)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (row, "Type: message")
+
+    def messages(self) -> list[str]:
+        return [f"row {row}: {text}" for row, text in sorted(self.failures)[:MAX_ERRORS]]
 
 
-def _checked(name: str, out: Any, n: int) -> np.ndarray:
-    out = np.asarray(out)
-    if out.ndim == 0 or out.shape[0] != n:
-        raise _OutputShapeError(
-            f"simulator {name!r} was called with a batch of {n} rows but returned an "
-            f"output of shape {tuple(out.shape)}; the output needs the leading batch "
-            f"axis of the inputs"
-        )
-    return out
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _nonfinite_rows(out: np.ndarray) -> np.ndarray:
@@ -83,8 +101,8 @@ def _nonfinite_rows(out: np.ndarray) -> np.ndarray:
     return ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
 
 
-def _as_float(out: np.ndarray) -> np.ndarray:
-    return out if out.dtype.kind in "fc" else out.astype(np.float64)
+def _as_float(dtype: np.dtype) -> np.dtype:
+    return dtype if dtype.kind in "fc" else np.dtype(np.float64)
 
 
 def _take(args: Sequence[Any], rows: slice | np.ndarray, n: int) -> list[Any]:
@@ -92,80 +110,36 @@ def _take(args: Sequence[Any], rows: slice | np.ndarray, n: int) -> list[Any]:
     return [a[rows] if isinstance(a, np.ndarray) and a.ndim > 0 and a.shape[0] == n else a for a in args]
 
 
-def _run_chunk(target: Any, name: str, args: Sequence[Any], n: int, start: int) -> _ChunkResult:
-    r"""Runs one chunk of ``n`` rows; isolates failing rows by retrying them one at a time.
-
-    ``target`` is a :class:`Simulator` (in a worker process) or a raw function. Row
-    numbers in messages are offset by ``start``, the chunk's place in the whole call.
-    """
-    fn = target.fn if isinstance(target, Simulator) else target
-    try:
-        out = fn(*args)
-    except Exception as error:  # noqa: BLE001 - any failure of a black box
-        if n <= 1:
-            return _ChunkResult(None, n, [_message(start, error)])
-        retry = np.arange(n)
-        out = None
-    else:
-        out = _checked(name, out, n)
-        retry = np.flatnonzero(_nonfinite_rows(out))
-        if len(retry) == 0:
-            return _ChunkResult(out)
-        out = np.array(out, dtype=_as_float(out[:0]).dtype)  # a writable copy
-        if n == 1:
-            return _ChunkResult(out, 1, [_message(start, FloatingPointError("non-finite simulator output"))])
-
-    rows: dict[int, np.ndarray] = {}
-    result = _ChunkResult(None)
-    for i in retry.tolist():
+def _signature(args: Sequence[Any]) -> tuple | None:
+    r"""What decides the shape of one output row: the inputs' shapes per row and the plain arguments."""
+    parts: list[tuple] = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            parts.append(("array", tuple(a.shape[1:])))
+            continue
         try:
-            row = _checked(name, fn(*_take(args, slice(i, i + 1), n)), 1)
-            if _nonfinite_rows(row)[0]:
-                raise FloatingPointError("non-finite simulator output")
-        except _OutputShapeError:
-            raise
-        except Exception as error:  # noqa: BLE001
-            _record_row(result, start + i, error)
-        else:
-            rows[i] = row[0]
-
-    if out is None:
-        if not rows:
-            return result
-        first = next(iter(rows.values()))
-        out = np.full((n, *first.shape), np.nan, dtype=_as_float(first[None]).dtype)
-    else:
-        out[retry] = np.nan
-    for i, row in rows.items():
-        out[i] = row
-    result.out = out
-    return result
+            hash(a)
+        except TypeError:
+            return None
+        parts.append(("value", a))
+    return tuple(parts)
 
 
-def _merge(results: Sequence[_ChunkResult], sizes: Sequence[int]) -> _ChunkResult:
-    r"""Concatenates chunk results in order; a chunk without output becomes NaN rows."""
-    merged = _ChunkResult(None, sum(r.num_failed for r in results))
-    merged.messages = [m for r in results for m in r.messages][:MAX_ERRORS]
-    known = [r.out for r in results if r.out is not None]
-    if len(results) == 1 or not known:
-        merged.out = known[0] if known else None
-        return merged
-    if merged.num_failed:
-        known = [_as_float(k) for k in known]
-    event, kind = known[0].shape[1:], np.result_type(*known)
-    parts = [r.out if r.out is not None else np.full((m, *event), np.nan, kind) for r, m in zip(results, sizes)]
-    merged.out = np.concatenate(parts, axis=0)
-    return merged
+def _shape_text(shape: Sequence[int] | None, rows: int) -> str:
+    return f"({rows}, ...)" if shape is None else str((rows, *shape))
 
 
-def _record_row(result: _ChunkResult, row: int, error: BaseException) -> None:
-    result.num_failed += 1
-    if len(result.messages) < MAX_ERRORS:
-        result.messages.append(_message(row, error))
+# ------------------------------------------------------------------ worker processes
 
 
-def _init_worker() -> None:
-    r"""Worker initializer: one thread per process, so ``workers`` processes fill ``workers`` cores."""
+def _init_worker(parent_pid: int | None = None) -> None:
+    r"""Worker initializer: one thread per process, and exit when the parent process dies.
+
+    ``workers`` processes then fill ``workers`` cores. With ``parent_pid``, the worker asks
+    the Linux kernel to kill it when its parent exits (``prctl(PR_SET_PDEATHSIG, SIGKILL)``)
+    and, on every platform, starts a daemon thread that ends the process when
+    ``os.getppid()`` is no longer ``parent_pid`` (checked every ``WATCHDOG_INTERVAL`` s).
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     torch.set_num_threads(1)
@@ -175,6 +149,92 @@ def _init_worker() -> None:
         threadpool_limits(1)
     except ImportError:  # pragma: no cover
         pass
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no usable libc: the watchdog remains
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="bayesinv-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(WATCHDOG_INTERVAL)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _worker_main(conn: Any, target: Any, parent_pid: int) -> None:
+    r"""A worker's loop: receives argument lists, sends back ``("ok", array)`` or ``("error", text)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends its workers
+    _init_worker(parent_pid)
+    fn = target.fn if isinstance(target, Simulator) else target
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if args is None:
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", np.asarray(fn(*args)))
+        except Exception as error:  # noqa: BLE001 - any failure of a black box
+            reply = ("error", _describe(error))
+        try:
+            conn.send(reply)
+        except Exception as error:  # noqa: BLE001 - an output that cannot be pickled
+            conn.send(("error", f"{type(error).__name__}: the worker could not send its output back: {error}"))
+
+
+class _Worker:
+    r"""One worker process and the parent's end of its pipe."""
+
+    def __init__(self, context: Any, target: Any):
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=_worker_main, args=(child, target, os.getpid()), name="bayesinv-simulator-worker"
+        )
+        self.process.start()
+        child.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def receive(self) -> tuple[_Outcome, bool]:
+        r"""The outcome of the call in flight, and whether the worker died during it."""
+        try:
+            status, payload = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            error = f"BrokenProcessPool: worker process {self.pid} died during the call (exit code {self.process.exitcode})"
+            return _Outcome(error=error), True
+        return (_Outcome(out=payload) if status == "ok" else _Outcome(error=payload)), False
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(2)
+        self.kill()
 
 
 # --------------------------------------------------------------------- conversions
@@ -216,12 +276,13 @@ class Simulator:
     r"""A non-differentiable batched black box, callable on tensors or arrays.
 
     Created by :func:`simulator`, :func:`external` or :func:`python_script`; see
-    :func:`simulator` for the calling convention.
+    :func:`simulator` for the calling convention and the options.
 
     Attributes:
         fn: The raw NumPy function, ``fn(*arrays) -> array``.
         name: The name under which calls are recorded in a run context.
         num_failures: The number of rows that failed over the simulator's lifetime.
+        num_calls: The number of times ``fn`` was called (bisection retries included).
         errors: The first few failure messages, ``"row i: ExceptionType: message"``.
     """
 
@@ -234,27 +295,44 @@ class Simulator:
         name: str | None = None,
         workers: int = 1,
         batch_size: int | None = None,
+        timeout: float | None = None,
+        isolate: str = "bisect",
         mp_context: str | None = "fork",
         event_ndim: int | None = None,
     ):
         if not callable(fn):
-            raise TypeError(f"a simulator wraps a callable, got {type(fn).__name__}")
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+            raise ProblemError(f"a simulator wraps a callable, got {type(fn).__name__}")
+        name = name or getattr(fn, "__name__", None) or type(fn).__name__
+        label = f"simulator {name!r}:"
+        workers = check_count(f"{label} workers", workers, error=OptionError)
+        if batch_size is not None:
+            batch_size = check_count(f"{label} batch_size (or None)", batch_size, error=OptionError)
+        if timeout is not None:
+            timeout = check_real(f"{label} timeout (seconds, or None)", timeout, low=0.0, low_open=True)
+        if isolate not in ISOLATE:
+            raise OptionError(f"{label} isolate must be one of {ISOLATE}, got {isolate!r}")
+        if mp_context is not None and mp_context not in multiprocessing.get_all_start_methods():
+            raise OptionError(
+                f"{label} mp_context must be None or one of {multiprocessing.get_all_start_methods()}, got {mp_context!r}"
+            )
+        if event_ndim is not None:
+            event_ndim = check_count(f"{label} event_ndim (or None)", event_ndim, minimum=0, error=OptionError)
 
         if hasattr(fn, "__name__"):
             functools.update_wrapper(self, fn)
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
-        self.workers = int(workers)
+        self.name = name
+        self.workers = workers
         self.batch_size = batch_size
+        self.timeout = timeout
+        self.isolate = isolate
         self.mp_context = mp_context
         self.event_ndim = event_ndim
         self.num_failures = 0
+        self.num_calls = 0
         self.errors: list[str] = []
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._workers: list[_Worker | None] = []
+        self._event_shapes: dict[tuple, tuple[int, ...]] = {}
 
     # -- calling ------------------------------------------------------------------
 
@@ -324,73 +402,191 @@ class Simulator:
         size = self.batch_size
         if size is None:
             size = -(-n // self.workers) if self.workers > 1 else max(n, 1)
-        starts = list(range(0, n, size)) or [0]
-        chunks = [(start, min(start + size, n) - start) for start in starts]
-        result = _merge(self._run_chunks(args, n, chunks), [m for _, m in chunks])
+        chunks = [(start, min(start + size, n)) for start in range(0, n, size)] or [(0, n)]
+        calls = _Calls()
+        sig = _signature(args)
+        if self.workers == 1 and self.timeout is None:
+            self._run_here(args, n, chunks, calls, sig)
+        else:
+            self._run_in_workers(args, n, chunks, calls, sig)
+        messages = calls.messages()
 
-        self.num_failures += result.num_failed
-        self.errors.extend(result.messages[: MAX_ERRORS - len(self.errors)])
+        self.num_failures += len(calls.failures)
+        self.errors.extend(messages[: MAX_ERRORS - len(self.errors)])
         if ctx is not None:
-            ctx.failures += result.num_failed
-            ctx.errors.extend(result.messages[: MAX_ERRORS - len(ctx.errors)])
-        if result.out is None:
-            first = result.messages[0] if result.messages else "no error message"
+            ctx.failures += len(calls.failures)
+            ctx.errors.extend(messages[: MAX_ERRORS - len(ctx.errors)])
+        if not calls.parts:
+            first = messages[0] if messages else "no error message"
             raise SimulationError(f"simulator {self.name!r}: all {n} simulations failed; first error: {first}")
-        return result.out
+        return self._assemble(calls, n)
 
-    def _run_chunks(self, args: list[Any], n: int, chunks: list[tuple[int, int]]) -> list[_ChunkResult]:
-        pieces = [(start, _take(args, slice(start, start + m), n), m) for start, m in chunks]
-        if self.workers == 1:
-            return [_run_chunk(self.fn, self.name, piece, m, start) for start, piece, m in pieces]
+    # -- one call of fn and what it means ---------------------------------------------
 
-        pool = self._executor()
-        futures = [pool.submit(_run_chunk, self, self.name, piece, m, start) for start, piece, m in pieces]
-        results = []
-        for future, (start, piece, m) in zip(futures, pieces):
+    def _run_here(self, args: list[Any], n: int, chunks: list[tuple[int, int]], calls: _Calls, sig: tuple | None) -> None:
+        r"""Runs the calls in this process, depth first, so failures are isolated in row order."""
+        pending = collections.deque(chunks)
+        while pending:
+            start, stop = pending.popleft()
+            self.num_calls += 1
             try:
-                results.append(future.result())
-            except BrokenProcessPool:
-                results.append(self._after_crash(piece, m, start))
-        return results
+                outcome = _Outcome(out=np.asarray(self.fn(*_take(args, slice(start, stop), n))))
+            except Exception as error:  # noqa: BLE001 - any failure of a black box
+                outcome = _Outcome(error=_describe(error))
+            pending.extendleft(reversed(self._settle(outcome, start, stop, calls, sig, args)))
 
-    def _after_crash(self, args: list[Any], n: int, start: int) -> _ChunkResult:
-        r"""A worker died (segfault, ``os._exit``): rerun the chunk's rows one per task."""
-        rows: list[_ChunkResult] = []
-        for i in range(n):
-            row = _take(args, slice(i, i + 1), n)
-            try:
-                rows.append(self._executor().submit(_run_chunk, self, self.name, row, 1, start + i).result())
-            except BrokenProcessPool as error:
-                self.close()
-                rows.append(_ChunkResult(None, 1, [_message(start + i, error)]))
-        return _merge(rows, [1] * n)
+    def _run_in_workers(
+        self, args: list[Any], n: int, chunks: list[tuple[int, int]], calls: _Calls, sig: tuple | None
+    ) -> None:
+        r"""Runs the calls in the worker processes; kills and replaces a worker past ``timeout``."""
+        self._start_workers()
+        pending = collections.deque(chunks)
+        idle = list(range(self.workers))
+        running: dict[Any, tuple[int, int, int, float]] = {}  # conn -> (slot, start, stop, deadline)
+        try:
+            while pending or running:
+                while pending and idle:
+                    slot = idle.pop()
+                    start, stop = pending.popleft()
+                    conn = self._send(slot, _take(args, slice(start, stop), n))
+                    deadline = time.monotonic() + self.timeout if self.timeout is not None else float("inf")
+                    running[conn] = (slot, start, stop, deadline)
+                wait = None
+                if self.timeout is not None:
+                    wait = max(0.0, min(d for *_, d in running.values()) - time.monotonic())
+                for conn in multiprocessing.connection.wait(list(running), timeout=wait):
+                    slot, start, stop, _ = running.pop(conn)
+                    outcome, died = self._workers[slot].receive()
+                    if died:
+                        self._replace(slot)
+                    idle.append(slot)
+                    pending.extendleft(reversed(self._settle(outcome, start, stop, calls, sig, args)))
+                now = time.monotonic()
+                for conn, (slot, start, stop, deadline) in list(running.items()):
+                    if now >= deadline:
+                        del running[conn]
+                        self._replace(slot)
+                        idle.append(slot)
+                        error = f"TimeoutError: simulator {self.name!r} timed out after {self.timeout:g} s"
+                        pending.extendleft(reversed(self._settle(_Outcome(error=error), start, stop, calls, sig, args)))
+        finally:
+            for slot, *_ in running.values():  # an error or Ctrl-C left calls in flight
+                self._workers[slot].kill()
+                self._workers[slot] = None
 
-    # -- process pool -------------------------------------------------------------
+    def _settle(
+        self, outcome: _Outcome, start: int, stop: int, calls: _Calls, sig: tuple | None, args: Sequence[Any]
+    ) -> list[tuple[int, int]]:
+        r"""Records the outcome of the call on rows ``start:stop``; returns the row ranges to call again."""
+        m = stop - start
+        if outcome.out is not None:
+            out = outcome.out
+            self._check_shape(out, start, stop, sig, args)
+            bad = _nonfinite_rows(out)
+            if not bad.any() or m == 1 or not bad.all():
+                calls.parts.append((start, out))
+                calls.failures.extend((start + int(i), "FloatingPointError: non-finite simulator output") for i in np.flatnonzero(bad))
+                return []
+            error = "FloatingPointError: non-finite simulator output"  # every row: a failure of the call
+        else:
+            error = outcome.error or "unknown error"
+        if m == 1:
+            calls.failures.append((start, error))
+            return []
+        if self.isolate == "rows":
+            return [(i, i + 1) for i in range(start, stop)]
+        middle = start + m // 2
+        return [(start, middle), (middle, stop)]
 
-    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is not None and getattr(self._pool, "_broken", False):
-            self.close()
-        if self._pool is None:
+    def _check_shape(self, out: np.ndarray, start: int, stop: int, sig: tuple | None, args: Sequence[Any]) -> None:
+        m, got = stop - start, tuple(out.shape)
+        known = self._event_shapes.get(sig) if sig is not None else None
+        where = f"rows {start} to {stop - 1}" if m > 1 else f"row {start}"
+        if out.ndim == 0 or got[0] != m:
+            raise _OutputShapeError(
+                f"simulator {self.name!r} was called with a batch of {m} rows ({where}) but returned an "
+                f"output of shape {got}; expected shape {_shape_text(known, m)}: the output needs the "
+                f"leading batch axis of the inputs, one row per input row"
+            )
+        if known is not None and got[1:] != known:
+            inputs = [tuple(a.shape[1:]) for a in args if isinstance(a, np.ndarray)]
+            raise _OutputShapeError(
+                f"simulator {self.name!r} returned an output of shape {got} for a batch of {m} rows ({where}); "
+                f"expected shape {_shape_text(known, m)}: for inputs of shapes {inputs} per row it returned "
+                f"rows of shape {known} before, now rows of shape {got[1:]}"
+            )
+        if sig is not None and known is None and len(self._event_shapes) < _MAX_SIGNATURES:
+            self._event_shapes[sig] = got[1:]
+
+    @staticmethod
+    def _assemble(calls: _Calls, n: int) -> np.ndarray:
+        r"""The output parts in row order; failed rows are NaN."""
+        parts = sorted(calls.parts, key=lambda part: part[0])
+        if not calls.failures and len(parts) == 1:
+            return parts[0][1]
+        dtype = np.result_type(*[p.dtype for _, p in parts])
+        if calls.failures:
+            dtype = _as_float(dtype)
+        out = np.full((n, *parts[0][1].shape[1:]), np.nan if dtype.kind in "fc" else 0, dtype=dtype)
+        for start, part in parts:
+            out[start : start + len(part)] = part
+        if calls.failures:
+            out[[row for row, _ in calls.failures]] = np.nan
+        return out
+
+    # -- worker processes -----------------------------------------------------------
+
+    def _context(self) -> Any:
+        return multiprocessing.get_context(self.mp_context)
+
+    def _start_workers(self) -> None:
+        r"""Starts the missing worker processes from the calling thread (idle dead ones are replaced)."""
+        if not self._workers:
             try:
                 pickle.dumps(self)
             except Exception as error:
+                reason = f"workers={self.workers}" if self.workers > 1 else f"timeout={self.timeout}"
                 raise TypeError(
-                    f"simulator {self.name!r} runs in worker processes (workers={self.workers}) "
+                    f"simulator {self.name!r} runs in worker processes ({reason}) "
                     f"and must be picklable: define its function at module level ({error})"
                 ) from error
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context(self.mp_context),
-                initializer=_init_worker,
-            )
+            self._workers = [None] * self.workers
             _OPEN.add(self)
-        return self._pool
+        for slot, worker in enumerate(self._workers):
+            if worker is None or not worker.alive():
+                self._replace(slot)
+
+    def _replace(self, slot: int) -> None:
+        old = self._workers[slot]
+        if old is not None:
+            old.kill()
+        self._workers[slot] = _Worker(self._context(), self)
+
+    def _send(self, slot: int, piece: list[Any]) -> Any:
+        for attempt in range(2):
+            worker = self._workers[slot]
+            try:
+                worker.conn.send(piece)
+            except (OSError, ValueError) as error:  # the worker died while idle
+                if attempt == 1:
+                    raise SimulationError(f"simulator {self.name!r}: cannot reach a new worker process ({error})") from error
+                self._replace(slot)
+            else:
+                self.num_calls += 1
+                return worker.conn
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @property
+    def worker_pids(self) -> list[int]:
+        r"""The process ids of the running worker processes (empty before the first call)."""
+        return [w.pid for w in self._workers if w is not None and w.alive()]
 
     def close(self) -> None:
         r"""Shuts the worker processes down (a later call starts new ones)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            if worker is not None:
+                worker.stop()
         _OPEN.discard(self)
 
     def __enter__(self) -> Simulator:
@@ -414,6 +610,8 @@ class Simulator:
             name=self.name,
             workers=self.workers,
             batch_size=self.batch_size,
+            timeout=self.timeout,
+            isolate=self.isolate,
             mp_context=self.mp_context,
             event_ndim=self.event_ndim,
         )
@@ -421,6 +619,7 @@ class Simulator:
 
     def __repr__(self) -> str:
         extra = f", batch_size={self.batch_size}" if self.batch_size is not None else ""
+        extra += f", timeout={self.timeout:g}" if self.timeout is not None else ""
         return f"Simulator(name={self.name!r}, workers={self.workers}{extra})"
 
 
@@ -430,6 +629,8 @@ def simulator(
     name: str | None = None,
     workers: int = 1,
     batch_size: int | None = None,
+    timeout: float | None = None,
+    isolate: str = "bisect",
     mp_context: str | None = "fork",
     event_ndim: int | None = None,
 ) -> Simulator | Callable[[Callable[..., Any]], Simulator]:
@@ -450,29 +651,65 @@ def simulator(
     inputs are taken as batched, unless ``event_ndim`` is given and the first array
     input has exactly ``event_ndim`` dimensions.
 
-    A chunk that raises or returns non-finite values is retried one row at a time; the
-    rows that still fail become NaN rows, counted in ``ctx.failures`` and
-    ``Simulator.num_failures`` (first messages in ``errors``). :class:`SimulationError`
-    is raised only when every row fails.
+    Failures. A call of ``fn`` that raises, runs past ``timeout``, kills its worker
+    process or returns only non-finite rows is split in two halves, each called again,
+    recursively (``isolate="bisect"``): a half that succeeds is kept whole, so ``f``
+    failing rows in a chunk of ``m`` cost at most about ``2 f log2(m)`` extra calls.
+    ``isolate="rows"`` reruns a failed call one row at a time instead (``m`` extra
+    calls; the strategy of earlier versions). When every row fails, bisection costs
+    ``2 m - 1`` calls. A row whose output is non-finite in a call that otherwise
+    succeeded fails without a retry. Failed rows become NaN rows, counted in
+    ``ctx.failures`` and ``Simulator.num_failures`` (first messages, in row order, in
+    ``errors``); :class:`SimulationError` is raised only when every row fails.
+
+    Shape bugs. An output without one row per input row, or whose shape per row differs
+    from what the simulator returned before for inputs of the same shapes (for example
+    one draw while tracing, a batch afterwards), raises :class:`SimulationError` naming
+    the simulator, the expected and the returned shape. It is never taken as a failed row,
+    and bayesinv never falls back to running the model one draw at a time for it.
+
+    Timeouts. With ``timeout``, every call of ``fn`` runs in a worker process, also with
+    ``workers=1``; a call still running after ``timeout`` seconds is a failed call (its
+    rows are isolated by bisection, a single row fails with ``"timed out after X s"``) and
+    its worker is killed and replaced. The limit is per call, so it must allow for the
+    largest call, ``batch_size`` rows (the whole batch split over the workers by
+    default). Isolating one hanging row in a chunk of ``m`` rows costs about
+    ``log2(m)`` timeouts. The cost of a worker process: the inputs and outputs of each
+    call are pickled through a pipe (about a millisecond per call plus the copy), a
+    killed worker is restarted (tens of milliseconds with ``"fork"``, about a second with
+    ``"spawn"``), and ``fn`` must be importable (defined at module level).
+
+    Worker processes end with their parent: on Linux through
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, elsewhere (and as a fallback) through a thread
+    that checks every 0.5 s that the parent process is alive. On Linux a worker also ends
+    with the thread that started it (the thread that called the simulator); an idle worker
+    found dead is replaced silently at the next call.
 
     Arguments:
         fn: The NumPy function. When omitted, returns a decorator.
         name: The name of the simulator in the run context (default ``fn.__name__``).
-        workers: The number of worker processes. With ``workers > 1``, chunks run in a
-            persistent process pool (one thread per worker), and ``fn`` must be
+        workers: The number of worker processes. With ``workers > 1``, calls run in a
+            persistent set of processes (one thread each), and ``fn`` must be
             importable: defined at module level.
         batch_size: The largest number of rows passed to ``fn`` at once (default: the
             whole batch, split evenly over the workers).
-        mp_context: The multiprocessing start method of the pool (``"fork"``,
-            ``"spawn"`` or ``"forkserver"``).
+        timeout: The time limit in seconds of one call of ``fn`` (a positive number, or
+            ``None`` for no limit).
+        isolate: How a failed call is retried: ``"bisect"`` (halves, recursively) or
+            ``"rows"`` (one row per call).
+        mp_context: The multiprocessing start method of the workers (``"fork"``,
+            ``"spawn"`` or ``"forkserver"``; ``None`` for the platform's default).
         event_ndim: The number of dimensions of one unbatched input, used outside a
             run context to recognise a single draw.
 
     Returns:
         A :class:`Simulator`, or a decorator making one.
 
+    Raises:
+        OptionError: An option outside what is allowed (before anything runs).
+
     Example:
-        >>> @simulator(workers=4)
+        >>> @simulator(workers=4, timeout=60)
         ... def forward(theta):                      # (N, 2) -> (N, 50)
         ...     t = np.linspace(0, 1, 50)
         ...     return theta[:, :1] * np.exp(-theta[:, 1:] * t)
@@ -482,7 +719,14 @@ def simulator(
 
     def wrap(f: Callable[..., Any]) -> Simulator:
         return Simulator(
-            f, name=name, workers=workers, batch_size=batch_size, mp_context=mp_context, event_ndim=event_ndim
+            f,
+            name=name,
+            workers=workers,
+            batch_size=batch_size,
+            timeout=timeout,
+            isolate=isolate,
+            mp_context=mp_context,
+            event_ndim=event_ndim,
         )
 
     return wrap if fn is None else wrap(fn)
@@ -577,7 +821,7 @@ def external(
     inputs as ``float64``), ``command`` is run with ``{input}`` and ``{output}``
     replaced by the paths, and the output array is read from ``{output}`` (a ``.npy``
     file, first axis the batch). A non-zero exit status, a missing output or a timeout
-    is a failure of the chunk, isolated row by row as in :func:`simulator`; its message
+    is a failure of the call, isolated by bisection as in :func:`simulator`; its message
     holds the command, the exit code and the last 20 lines of stderr.
 
     Arguments:
@@ -597,6 +841,8 @@ def external(
         >>> u = solver(E)   # (N, H, W) -> (N, H, W)
     """
     program = shlex.split(command)[0] if isinstance(command, str) else str(list(command)[0])
+    if timeout is not None:
+        timeout = check_real(f"external {program!r}: timeout (seconds, or None)", timeout, low=0.0, low_open=True)
     return Simulator(
         _Command(command, timeout, env, cwd),
         name=name or Path(program).name,

@@ -1,15 +1,28 @@
+import json
+import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
+import bayesinv
 from bayesinv._context import RunContext, run_context
+from bayesinv.data import SimulationWarning
+from bayesinv.errors import OptionError
+from bayesinv.problem import run_batch, trace_problem
 from bayesinv.simulators import SimulationError, Simulator, external, python_script, simulator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @simulator
@@ -40,8 +53,8 @@ def crashes_on_negative(theta):
     return _decay_raw(theta)
 
 
-def make_flaky(threshold, calls=None):
-    @simulator(name="flaky")
+def make_flaky(threshold, calls=None, **options):
+    @simulator(name="flaky", **options)
     def flaky(theta):
         if calls is not None:
             calls.append(len(theta))
@@ -182,12 +195,13 @@ def test_nonfinite_rows_counted():
     assert ctx.errors[0] == "row 1: FloatingPointError: non-finite simulator output"
 
 
-def test_all_rows_failing_raises():
+@pytest.mark.parametrize("isolate, expected", [("bisect", [4, 2, 1, 1, 2, 1, 1]), ("rows", [4, 1, 1, 1, 1])])
+def test_all_rows_failing_raises(isolate, expected):
     calls = []
-    flaky = make_flaky(-np.inf, calls)
+    flaky = make_flaky(-np.inf, calls, isolate=isolate)
     with pytest.raises(SimulationError, match="row 0: RuntimeError: solver diverged"):
         flaky(np.ones((4, 2)))
-    assert calls == [4, 1, 1, 1, 1]
+    assert calls == expected and flaky.num_calls == len(expected)
     assert flaky.num_failures == 4
 
 
@@ -211,8 +225,8 @@ def test_workers_match_serial_and_chunking():
         assert np.array_equal(decay_chunked(theta), serial)
         out = decay_chunked(torch.as_tensor(theta, dtype=torch.float32))
         assert out.dtype == torch.float32 and torch.allclose(out, torch.as_tensor(serial, dtype=torch.float32))
-        assert decay_chunked._pool is not None
-    assert decay_parallel._pool is None and decay_chunked._pool is None
+        assert len(decay_chunked.worker_pids) == 2
+    assert decay_parallel.worker_pids == [] and decay_chunked.worker_pids == []
 
 
 def test_serial_chunking():
@@ -313,3 +327,304 @@ def test_python_script_default_interpreter(script):
     sim = python_script(script)
     theta = np.random.default_rng(4).random((3, 2))
     assert np.allclose(sim(theta, np.full(3, 0.5)), 0.5 * theta)
+
+
+# ------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(timeout=0), r"'checked': timeout .* must be > 0.0, got 0"),
+        (dict(timeout=-1.5), r"'checked': timeout .* must be > 0.0, got -1.5"),
+        (dict(timeout=float("inf")), r"'checked': timeout .* must be a finite number, got inf"),
+        (dict(timeout=float("nan")), r"'checked': timeout .* must be a finite number, got nan"),
+        (dict(timeout="10"), r"'checked': timeout .* must be a finite number, got '10' \(str\)"),
+        (dict(timeout=True), r"'checked': timeout .* must be a finite number, got True \(bool\)"),
+        (dict(workers=0), r"'checked': workers must be an integer >= 1, got 0 \(int\)"),
+        (dict(workers=2.5), r"'checked': workers must be an integer >= 1, got 2.5 \(float\)"),
+        (dict(workers=True), r"'checked': workers must be an integer >= 1, got True \(bool\)"),
+        (dict(batch_size=0), r"'checked': batch_size .* must be an integer >= 1, got 0"),
+        (dict(isolate="halves"), r"'checked': isolate must be one of \('bisect', 'rows'\), got 'halves'"),
+        (dict(mp_context="threads"), r"'checked': mp_context must be None or one of .*, got 'threads'"),
+    ],
+)
+def test_options_are_checked_before_anything_runs(options, message):
+    calls = []
+
+    def checked(x):
+        calls.append(1)
+        return x
+
+    with pytest.raises(OptionError, match=message):
+        simulator(checked, **options)
+    assert calls == []
+    with pytest.raises(OptionError, match=r"external 'solver': timeout .* must be > 0.0, got 0"):
+        external(["solver", "{input}", "{output}"], timeout=0)
+
+
+# --------------------------------------------------------- output shape bugs
+
+
+def _decay_rows(x):
+    t = np.linspace(0.0, 1.0, 3)
+    return x[:, :1] * np.exp(-np.abs(x[:, 1:2]) * t)  # (N, 2) -> (N, 3)
+
+
+@simulator(name="drops_a_row")
+def drops_a_row(x):
+    out = _decay_rows(x)
+    return out[:-1] if len(x) > 1 else out  # right for one draw, one row short for a batch
+
+
+@simulator(name="doubles_the_event")
+def doubles_the_event(x):
+    out = _decay_rows(x)
+    return np.concatenate([out, out], axis=1) if len(x) > 1 else out  # (N, 6) for a batch
+
+
+def _model_of(sim):
+    def model(y=None):
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        u = sim(theta)
+        return pyro.sample("y", dist.Normal(u, 0.1).to_event(1), obs=y)
+
+    return model
+
+
+def test_output_rows_wrong_is_a_simulation_error():
+    with pytest.raises(SimulationError, match=r"'sloppy'.*batch of 6 rows.*shape \(1, 2\); expected shape \(6, \.\.\.\)"):
+        simulator(lambda x: x[:1], name="sloppy")(np.ones((6, 2)))
+
+
+@pytest.mark.parametrize(
+    "sim, got",
+    [(drops_a_row, r"\(49, 3\)"), (doubles_the_event, r"\(50, 6\)")],
+    ids=["rows", "event_shape"],
+)
+def test_batch_with_wrong_shape_raises_instead_of_running_draws_one_at_a_time(sim, got):
+    problem = trace_problem(_model_of(sim))  # one draw: the right shape (1, 3)
+    calls_before = sim.num_calls
+    with pytest.raises(SimulationError, match=rf"simulator {sim.name!r} .*{got}.*expected shape \(50, 3\)") as info:
+        run_batch(problem, 50, seed=0)
+    assert isinstance(info.value, ValueError)
+    assert "rows 0 to 49" in str(info.value)
+    assert sim.num_calls == calls_before + 1, "a shape bug must not be retried (bisection or one draw at a time)"
+    with pytest.raises(SimulationError, match=rf"{got}.*expected shape \(50, 3\)"):
+        bayesinv.simulate(_model_of(sim), 50, seed=0, chunk_size=50, progress=False)
+
+
+def test_model_that_does_not_broadcast_still_falls_back_to_one_draw_at_a_time():
+    @simulator(name="fine")
+    def fine(x):
+        return _decay_rows(x)
+
+    def model(y=None):
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        u = fine(theta.reshape(2))  # reshape(2): only one draw at a time
+        return pyro.sample("y", dist.Normal(u, 0.1).to_event(1), obs=y)
+
+    batch = run_batch(trace_problem(model), 8, seed=0)
+    assert batch.values["y"].shape == (8, 3) and bool(batch.valid.all())
+
+
+# ------------------------------------------------------------------ bisection
+
+BAD_ROWS = (17, 500, 933)  # three failing rows of a batch of 1000
+
+
+def _bisection_batch():
+    theta = np.random.default_rng(5).normal(size=(1000, 2))
+    marked = theta.copy()
+    marked[list(BAD_ROWS), 1] = 99.0  # the value that makes the solver fail
+    return theta, marked
+
+
+def _fails_on_marked(x, fail=True):
+    if fail and np.any(x[:, 1] == 99.0):
+        raise RuntimeError(f"solver diverged for {int(np.sum(x[:, 1] == 99.0))} of {len(x)} rows")
+    return np.sin(x[:, :1]) * np.arange(1, 5)
+
+
+@simulator(name="bisected")
+def bisected(x):
+    return _fails_on_marked(x)
+
+
+@simulator(name="bisected_in_workers", workers=2)
+def bisected_in_workers(x):
+    return _fails_on_marked(x)
+
+
+@pytest.mark.parametrize("sim", [bisected, bisected_in_workers], ids=["here", "workers"])
+def test_bisection_isolates_few_failures_in_few_calls(sim):
+    theta, marked = _bisection_batch()
+    reference = simulator(lambda x: _fails_on_marked(x, fail=False), name="reference")(marked)
+    sim.num_calls = sim.num_failures = 0
+    sim.errors = []
+    try:
+        with run_context(RunContext(batch_size=1000)) as ctx:
+            out = sim(marked)
+    finally:
+        sim.close()
+    bound = 3 * 2 * math.log2(1000) + sim.workers  # ~2 calls per level per failure, plus the first calls
+    assert sim.num_calls <= bound, (sim.num_calls, bound)
+    failed = np.isnan(out).any(axis=1)
+    assert np.flatnonzero(failed).tolist() == list(BAD_ROWS) and np.isnan(out[failed]).all()
+    assert np.array_equal(out[~failed], reference[~failed]), "good rows must be what a failure-free run gives"
+    assert ctx.failures == 3 == sim.num_failures
+    assert [e.split(":")[0] for e in ctx.errors] == [f"row {r}" for r in BAD_ROWS]
+    assert "RuntimeError: solver diverged for 1 of 1 rows" in ctx.errors[0]
+
+
+def test_rows_strategy_costs_one_call_per_row_of_a_failing_chunk():
+    _, marked = _bisection_batch()
+    rows = simulator(_fails_on_marked, name="rows", isolate="rows", batch_size=500)
+    out = rows(marked)
+    assert rows.num_calls == 2 + 1000 and np.isnan(out).any(axis=1).sum() == 3
+    assert np.array_equal(out, bisected(marked), equal_nan=True)
+
+
+# ------------------------------------------------------------------- timeouts
+
+HANG = 1000.0  # a row whose first parameter is HANG sleeps 30 s
+
+
+def _hangs(x):
+    if np.any(x[:, 0] == HANG):
+        time.sleep(30)
+    return 2 * x
+
+
+@simulator(name="sleepy", timeout=0.5)
+def sleepy(x):
+    return _hangs(x)
+
+
+@simulator(name="sleepy_workers", timeout=0.5, workers=2)
+def sleepy_workers(x):
+    return _hangs(x)
+
+
+@pytest.mark.parametrize("sim", [sleepy, sleepy_workers], ids=["workers=1", "workers=2"])
+def test_hanging_row_times_out_and_is_excluded(sim):
+    x = np.random.default_rng(6).random((8, 2))
+    x[3, 0] = HANG
+    sim.num_failures, sim.errors = 0, []
+    try:
+        sim(np.ones((2, 2)))  # starts the workers
+        pids = sim.worker_pids
+        begin = time.monotonic()
+        with run_context(RunContext(batch_size=8)) as ctx:
+            out = sim(x)
+        elapsed = time.monotonic() - begin
+        assert elapsed < 8, f"one hanging row took {elapsed:.1f} s with timeout=0.5"
+        assert np.isnan(out[3]).all() and np.array_equal(np.delete(out, 3, axis=0), 2 * np.delete(x, 3, axis=0))
+        assert ctx.failures == 1 == sim.num_failures
+        assert ctx.errors == [f"row 3: TimeoutError: simulator {sim.name!r} timed out after 0.5 s"]
+        hung = [pid for pid in pids if pid not in sim.worker_pids]
+        assert hung and len(sim.worker_pids) == sim.workers, "the hung worker is killed and replaced"
+        assert all(not _alive(pid) for pid in hung)
+        assert np.array_equal(sim(x[:3]), 2 * x[:3])  # the replacement works
+    finally:
+        sim.close()
+
+
+@simulator(name="sleepy_model_sim", timeout=0.5)
+def sleepy_model_sim(x):
+    if np.any(x[:, 0] > 2.5):  # about 0.6 % of the prior draws hang
+        time.sleep(30)
+    return x
+
+
+def _sleepy_model(y=None):
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    return pyro.sample("y", dist.Normal(sleepy_model_sim(theta), 0.1).to_event(1), obs=y)
+
+
+def test_simulate_does_not_hang_on_a_hanging_row():
+    begin = time.monotonic()
+    try:
+        with pytest.warns(SimulationWarning, match=r"simulations failed.*timed out after 0.5 s"):
+            ds = bayesinv.simulate(_sleepy_model, 300, seed=0, chunk_size=300, progress=False)
+    finally:
+        sleepy_model_sim.close()
+    assert time.monotonic() - begin < 30
+    assert ds.sizes["draw"] == 300 and np.isfinite(ds["y"].values).all()
+    assert (ds["theta"].values[:, 0] <= 2.5).all(), "timed-out draws must be excluded"
+    assert ds.attrs["num_failed"] >= 1 and "timed out after 0.5 s" in json.loads(ds.attrs["errors"])[0]
+
+
+# --------------------------------------------------------------- parent death
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - reused by another user's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return sys.platform.startswith("linux") is False
+    return True
+
+
+PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    from bayesinv import simulator
+
+    def record(kind):
+        open(os.path.join(sys.argv[1], f"{kind}-{os.getpid()}"), "w").close()
+
+    @simulator(workers=2)
+    def idle(x):
+        record("idle")
+        return x
+
+    @simulator(workers=2)
+    def busy(x):
+        record("busy")
+        time.sleep(60)
+        return x
+
+    if __name__ == "__main__":
+        idle(np.ones((2, 1)))  # two workers left waiting for work
+        busy(np.ones((2, 1)))  # two workers in a 60 s call
+    """
+)
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    parent = subprocess.Popen([sys.executable, str(script), str(pids_dir)], cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(p.name.startswith("busy") for p in pids_dir.iterdir()) < 2:
+            assert parent.poll() is None, parent.stderr.read().decode()
+            assert time.monotonic() < deadline, "the parent did not start its workers"
+            time.sleep(0.05)
+        pids = {int(p.name.split("-")[1]) for p in pids_dir.iterdir()}
+        assert len(pids) >= 3 and all(_alive(pid) for pid in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = sorted(pid for pid in pids if _alive(pid))
+        assert not left, f"workers {left} survived the death of their parent"
+    finally:
+        parent.kill()
+        for path in pids_dir.iterdir():  # never leave a process behind, even when the test fails
+            try:
+                os.kill(int(path.name.split("-")[1]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
