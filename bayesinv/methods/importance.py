@@ -11,6 +11,7 @@ noise-free simulator outputs), so an expensive simulator is not run again.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any, Callable
@@ -20,11 +21,20 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from bayesinv._checks import check_count, check_real, check_seed
+from bayesinv.errors import OptionError, SimulationError
 from bayesinv.methods._util import chunk_seed, progress_bar
 from bayesinv.problem import Problem, ProblemError, run_batch
 from bayesinv.registry import Draws, register_method
 
-__all__ = ["importance", "ImportanceWarning"]
+__all__ = ["importance", "ImportanceWarning", "DEFAULT_PROPOSALS_PER_SAMPLE", "MIN_DEFAULT_PROPOSALS"]
+
+#: Without ``num_proposals=`` (and without ``data=``), importance draws
+#: ``max(DEFAULT_PROPOSALS_PER_SAMPLE * num_samples, MIN_DEFAULT_PROPOSALS)`` proposals.
+DEFAULT_PROPOSALS_PER_SAMPLE = 20
+MIN_DEFAULT_PROPOSALS = 10_000
+
+_log = logging.getLogger("bayesinv")
 
 
 class ImportanceWarning(UserWarning):
@@ -89,13 +99,10 @@ def _proposal_draws(proposal: Any, problem: Problem, y: dict, m: int, seed: int)
 
 
 def _open_data(data: Any):
-    import xarray as xr
+    r"""``data=`` as an :class:`xarray.Dataset`, read by :func:`bayesinv.data.open_data` (checked before decoding)."""
+    from bayesinv.data import open_data  # imported here: bayesinv.data imports the methods' helpers
 
-    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
-        data = xr.open_zarr(data, consolidated=False)
-    if not isinstance(data, xr.Dataset):
-        raise ProblemError(f"data= must be an xarray.Dataset from bayesinv.simulate or a path to one, got {type(data).__name__}")
-    return data
+    return open_data(data)
 
 
 @register_method("importance")
@@ -119,11 +126,14 @@ def importance(
         problem: The traced problem.
         y: The validated observation.
         num_samples: The number of resampled posterior draws.
-        seed: The seed.
+        seed: The seed: an ``int`` in ``[0, 2**63)``, or ``None`` for a fresh one (recorded
+            in ``attrs["seed"]``).
         target: Sites to return.
-        progress: Show a progress bar (``None``: on a terminal).
+        progress: Show a progress bar (``None``: on a terminal; without one, progress is
+            logged).
         num_proposals: The number of proposals (default ``max(20 * num_samples, 10_000)``;
-            with ``data=``, the dataset's size).
+            with ``data=``, the dataset's size). The number chosen, and why, is logged
+            (logger ``bayesinv``, INFO), and the run logs its progress and time left.
         proposal: A Pyro guide ``guide(y)`` sampling every latent site, or a learned
             posterior with ``sample_and_log_prob(y, n)``. Default: the prior.
         data: A dataset from :func:`bayesinv.simulate` (or its zarr path) whose latent
@@ -136,26 +146,50 @@ def importance(
         weight and the run's ESS, ESS fraction, number of proposals and log evidence.
     """
     problem.require_likelihood("importance")
-    if num_samples <= 0:
-        raise ProblemError(f"num_samples must be positive, got {num_samples}")
-    if chunk_size <= 0:
-        raise ProblemError(f"chunk_size must be positive, got {chunk_size}")
+    num_samples = check_count("num_samples", num_samples, error=OptionError)
+    seed = check_seed(seed)
+    chunk_size = check_count("chunk_size", chunk_size, error=OptionError)
+    if num_proposals is not None:
+        num_proposals = check_count("num_proposals", num_proposals, error=OptionError)
+    min_ess = check_real("min_ess", min_ess, low=0.0)
+    if proposal is not None and not callable(proposal) and not hasattr(proposal, "sample_and_log_prob"):
+        raise OptionError(
+            f"proposal= must be a Pyro guide guide(y) or a posterior with sample_and_log_prob(y, n), got {type(proposal).__name__}"
+        )
     if data is not None and proposal is not None:
-        raise ProblemError("give either data= or proposal=, not both")
+        raise OptionError("give either data= or proposal=, not both")
     ds = _open_data(data) if data is not None else None
     if ds is not None:
         missing = [n for n in problem.latent if n not in ds]
         if missing:
             raise ProblemError(f"data= lacks the latent site(s) {missing}; it holds {sorted(ds.data_vars)}")
-        total = int(ds.sizes["draw"]) if num_proposals is None else min(int(num_proposals), int(ds.sizes["draw"]))
+        size = int(ds.sizes["draw"])
+        total = size if num_proposals is None else min(num_proposals, size)
+        why = (
+            f"every draw of data= ({size:,})" if num_proposals is None
+            else f"num_proposals={num_proposals:,}" + (f", capped at the {size:,} draws of data=" if num_proposals > size else "")
+        )
+    elif num_proposals is not None:
+        total, why = num_proposals, f"num_proposals={num_proposals:,}"
     else:
-        total = int(num_proposals) if num_proposals is not None else max(20 * num_samples, 10_000)
+        total = max(DEFAULT_PROPOSALS_PER_SAMPLE * num_samples, MIN_DEFAULT_PROPOSALS)
+        why = (
+            f"the default max({DEFAULT_PROPOSALS_PER_SAMPLE} * num_samples, {MIN_DEFAULT_PROPOSALS:,})"
+            f" for num_samples={num_samples:,}; pass num_proposals= to choose"
+        )
+    source = "data=" if ds is not None else "proposal=" if proposal is not None else "the prior"
+    _log.info(
+        "importance: %s proposals from %s (%s), %s posterior draws, chunks of %s",
+        f"{total:,}", source, why, f"{num_samples:,}", f"{min(chunk_size, total):,}",
+    )
     gen = torch.Generator().manual_seed(chunk_seed(seed, -1))
     resampler = _StreamingResampler(num_samples, gen)
     sum_w = -math.inf
     sum_w2 = -math.inf
     n_failed = 0
     errors: list[str] = []
+    seen_sims: set[str] = set()
+    finite_sims: set[str] = set()
     bar = progress_bar(total, "importance", progress, unit="proposals")
     start = 0
     index = 0
@@ -187,6 +221,10 @@ def importance(
             log_w = log_w + batch.log_prior - log_q
         log_w = torch.where(batch.valid & ~torch.isnan(log_w), log_w, torch.tensor(-math.inf, dtype=torch.float64))
         n_failed += batch.num_failed
+        for key, out in batch.sim_outputs.items():
+            if key not in finite_sims and (not out.is_floating_point() or torch.isfinite(out).any()):
+                finite_sims.add(key)
+            seen_sims.add(key)
         errors.extend(batch.errors[: max(0, 5 - len(errors))])
         values = {n: batch.values[n] for n in target}
         resampler.update(values, log_w)
@@ -196,6 +234,12 @@ def importance(
         index += 1
         bar.update(m)
     bar.close()
+    never_finite = sorted(seen_sims - finite_sims)
+    if resampler.values is None and never_finite:
+        raise SimulationError(
+            f"importance sampling failed: simulator(s) {never_finite} returned only non-finite values (NaN/inf)"
+            f" for all {total:,} proposals" + (f"; first error: {errors[0]}" if errors else "")
+        )
     if resampler.values is None:
         raise ProblemError(
             f"importance sampling failed: all {total} proposals have zero likelihood or failed to simulate"
@@ -229,5 +273,5 @@ def importance(
             "num_failed": np.int64(n_failed),
             "log_evidence": np.float64(log_evidence),
         },
-        attrs={"ess": ess, "num_proposals": total, "num_failed": n_failed},
+        attrs={"ess": ess, "num_proposals": total, "num_failed": n_failed, "seed": seed},
     )
