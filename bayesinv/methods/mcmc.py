@@ -6,11 +6,15 @@ chains move together, so each step is one vectorised model run of ``num_chains``
 al. (2001): (2.38² / D) · (pooled empirical covariance + εI), and a global scale is tuned
 by Robbins–Monro towards an acceptance rate of 0.234; after warm-up it is frozen, so
 the chains are a valid Metropolis–Hastings sampler. ``sample_stats`` record per-draw
-acceptance, log density and proposal scale; ``attrs`` the worst R-hat and smallest ESS.
+acceptance, log density and proposal scale; ``attrs`` the worst R-hat and smallest ESS,
+and the number of separate modes the chains sit in (``num_modes``, ``mode_of_chain``): a
+random walk does not cross between well-separated modes, so chains started in different
+modes stay there, and the warning says so instead of advising a longer run.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -18,12 +22,16 @@ import numpy as np
 import torch
 from torch.distributions import biject_to
 
+from bayesinv._checks import check_count, check_real, check_seed
+from bayesinv.errors import OptionError
 from bayesinv.methods._mcmc_util import complete_draws, convergence
 from bayesinv.methods._util import chunk_seed, progress_bar
 from bayesinv.problem import Problem, ProblemError, run_batch
 from bayesinv.registry import Draws, register_method
 
 __all__ = ["mcmc"]
+
+_log = logging.getLogger("bayesinv")
 
 
 class _Layout:
@@ -87,9 +95,11 @@ def mcmc(
         problem: The traced problem (black-box simulators allowed).
         y: The validated observation.
         num_samples: Draws kept per chain.
-        seed: The seed.
+        seed: The seed: an ``int`` in ``[0, 2**63)``, or ``None`` for a fresh one (recorded
+            in ``attrs["seed"]``).
         target: Sites to return.
-        progress: Show a progress bar (``None``: on a terminal).
+        progress: Show a progress bar (``None``: on a terminal; without one, the run's
+            size, progress and time left are logged to logger ``bayesinv``).
         num_chains: The number of chains (run together as one batch).
         warmup_steps: Adaptation steps per chain, discarded (default ``2 * num_samples``).
         thin: Keep every ``thin``-th step after warm-up.
@@ -103,9 +113,18 @@ def mcmc(
     discrete = [n for n in problem.latent if problem.sites[n].discrete]
     if discrete:
         raise ProblemError(f"method 'mcmc' moves continuous latent sites only; {discrete} are discrete")
-    if num_samples <= 0 or num_chains <= 0 or thin <= 0:
-        raise ProblemError("num_samples, num_chains and thin must be positive")
-    warmup = 2 * num_samples if warmup_steps is None else int(warmup_steps)
+    num_samples = check_count("num_samples", num_samples, error=OptionError)
+    num_chains = check_count("num_chains", num_chains, error=OptionError)
+    thin = check_count("thin", thin, error=OptionError)
+    seed = check_seed(seed)
+    warmup = 2 * num_samples if warmup_steps is None else check_count("warmup_steps", warmup_steps, minimum=0, error=OptionError)
+    initial_scale = check_real("initial_scale", initial_scale, low=0.0, low_open=True)
+    target_accept = check_real("target_accept", target_accept, low=0.0, high=1.0, low_open=True, high_open=True)
+    _log.info(
+        "mcmc: %d chain(s) moved together, %s warm-up + %s x thin %d steps = %s model runs of %d draws%s",
+        num_chains, f"{warmup:,}", f"{num_samples:,}", thin, f"{warmup + num_samples * thin:,}", num_chains,
+        " (warm-up defaults to 2 * num_samples)" if warmup_steps is None else "",
+    )
     gen = torch.Generator().manual_seed(chunk_seed(seed, -7))
     init = run_batch(problem, num_chains, seed=chunk_seed(seed, -3))
     layout = _Layout(problem, init.values)
@@ -169,5 +188,12 @@ def mcmc(
             "lp": torch.stack(kept_lp, 1).numpy(),
             "proposal_scale": torch.stack(kept_scale, 1).numpy(),
         },
-        attrs={**diag, "acceptance_rate": accept_rate, "num_chains": num_chains, "warmup_steps": warmup, "num_failed": failures},
+        attrs={
+            **diag,
+            "acceptance_rate": accept_rate,
+            "num_chains": num_chains,
+            "warmup_steps": warmup,
+            "num_failed": failures,
+            "seed": seed,
+        },
     )

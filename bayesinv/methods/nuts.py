@@ -7,28 +7,37 @@ the smallest bulk ESS. Black-box simulators have no gradient: the method refuses
 
 from __future__ import annotations
 
+import logging
 import warnings
+from typing import Any
 
 import numpy as np
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
+from bayesinv._checks import check_count, check_real, check_seed
+from bayesinv.errors import OptionError
 from bayesinv.methods._mcmc_util import complete_draws, convergence
-from bayesinv.methods._util import chunk_seed
-from bayesinv.problem import Problem, ProblemError
+from bayesinv.methods._util import chunk_seed, progress_bar
+from bayesinv.problem import Problem
 from bayesinv.registry import Draws, register_method
 
 __all__ = ["nuts"]
 
+_log = logging.getLogger("bayesinv")
+
 
 class _Recorder:
-    def __init__(self, num_samples: int):
+    def __init__(self, num_samples: int, bar: Any = None):
         self.step_size = np.zeros(num_samples)
         self.accept = np.zeros(num_samples)
         self._prev_mean = 0.0
+        self.bar = bar
 
     def __call__(self, kernel, samples, stage, i):
+        if self.bar is not None:
+            self.bar.update(1)
         if stage != "Sample":
             return
         n = i + 1
@@ -59,9 +68,11 @@ def nuts(
         problem: The traced problem (its forward map must be differentiable torch code).
         y: The validated observation.
         num_samples: Draws per chain after warm-up.
-        seed: The seed (chain ``c`` uses a seed derived from it).
+        seed: The seed (chain ``c`` uses a seed derived from it): an ``int`` in
+            ``[0, 2**63)``, or ``None`` for a fresh one (recorded in ``attrs["seed"]``).
         target: Sites to return (deterministic sites are computed from the draws).
-        progress: Show Pyro's progress bar (``None``: on a terminal).
+        progress: Show a progress bar (``None``: on a terminal; without one, the run's
+            size, progress and time left are logged to logger ``bayesinv``).
         num_chains: The number of chains.
         warmup_steps: Warm-up (adaptation) steps per chain (default ``num_samples``).
         target_accept_prob: NUTS' target acceptance probability.
@@ -73,15 +84,26 @@ def nuts(
     """
     problem.require_differentiable("nuts")
     problem.require_likelihood("nuts")
-    if num_samples <= 0 or num_chains <= 0:
-        raise ProblemError(f"num_samples and num_chains must be positive, got {num_samples} and {num_chains}")
-    warmup = num_samples if warmup_steps is None else int(warmup_steps)
+    num_samples = check_count("num_samples", num_samples, error=OptionError)
+    num_chains = check_count("num_chains", num_chains, error=OptionError)
+    seed = check_seed(seed)
+    warmup = num_samples if warmup_steps is None else check_count("warmup_steps", warmup_steps, minimum=0, error=OptionError)
+    target_accept_prob = check_real("target_accept_prob", target_accept_prob, low=0.0, high=1.0, low_open=True, high_open=True)
+    max_tree_depth = check_count("max_tree_depth", max_tree_depth, error=OptionError)
+    if not isinstance(jit_compile, (bool, np.bool_)):
+        raise OptionError(f"jit_compile must be True or False, got {jit_compile!r}")
     arg = problem.model_argument(y)
     chains: list[dict[str, np.ndarray]] = []
     stats = {"diverging": [], "step_size": [], "acceptance_rate": []}
-    show = bool(progress) if progress is not None else None
+    total = num_chains * (warmup + num_samples)
+    _log.info(
+        "nuts: %d chain(s) x (%s warm-up + %s draws) = %s steps%s",
+        num_chains, f"{warmup:,}", f"{num_samples:,}", f"{total:,}",
+        " (warm-up defaults to num_samples)" if warmup_steps is None else "",
+    )
+    bar = progress_bar(total, "nuts", progress, unit="steps")
     for c in range(num_chains):
-        recorder = _Recorder(num_samples)
+        recorder = _Recorder(num_samples, bar)
         with torch.random.fork_rng(devices=[]):
             pyro.set_rng_seed(chunk_seed(seed, c) % (2**32))
             kernel = NUTS(
@@ -97,7 +119,7 @@ def nuts(
                 warmup_steps=warmup,
                 num_chains=1,
                 hook_fn=recorder,
-                disable_progbar=not (show if show is not None else _isatty()),
+                disable_progbar=True,  # progress goes through progress_bar (a bar on a terminal, logging otherwise)
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
@@ -110,6 +132,7 @@ def nuts(
         stats["diverging"].append(diverging)
         stats["step_size"].append(recorder.step_size)
         stats["acceptance_rate"].append(recorder.accept)
+    bar.close()
     latents = {n: np.stack([ch[n] for ch in chains]) for n in problem.latent}
     posterior = complete_draws(problem, y, latents, target)
     diag = convergence({n: latents[n] for n in problem.latent}, "nuts")
@@ -123,11 +146,5 @@ def nuts(
     return Draws(
         posterior=posterior,
         sample_stats={k: np.stack(v) for k, v in stats.items()},
-        attrs={**diag, "num_divergences": num_div, "num_chains": num_chains, "warmup_steps": warmup},
+        attrs={**diag, "num_divergences": num_div, "num_chains": num_chains, "warmup_steps": warmup, "seed": seed},
     )
-
-
-def _isatty() -> bool:
-    import sys
-
-    return sys.stderr.isatty()
