@@ -72,7 +72,7 @@ def test_run_batch_is_reproducible_and_conditions_on_y():
     p = trace_problem(LinearGaussian(dim=3).model)
     a = run_batch(p, 10, seed=3)
     b = run_batch(p, 10, seed=3)
-    torch.testing.assert_close(a.values["theta"], b.values["theta"])
+    torch.testing.assert_close(a.values["theta"], b.values["theta"], rtol=0, atol=0)  # the same seed: identical
     y, _ = p.check_y(np.zeros(3))
     c = run_batch(p, 10, y=y, seed=3, log_prior=True)
     assert c.log_lik.shape == (10,) and c.log_prior.shape == (10,)
@@ -82,7 +82,9 @@ def test_run_batch_is_reproducible_and_conditions_on_y():
 def test_loop_and_vectorized_log_lik_match():
     p = trace_problem(LinearGaussian(dim=3).model)
     y, _ = p.check_y(np.ones(3))
-    fixed = {"theta": torch.randn(5, 3)}
+    fixed = {"theta": torch.randn(5, 3, generator=torch.Generator().manual_seed(0))}
     a = run_batch(p, 5, y=y, fixed=fixed, vectorize=True)
     b = run_batch(p, 5, y=y, fixed=fixed, vectorize=False)
-    torch.testing.assert_close(a.log_lik, b.log_lik)
+    # the float32 forward map runs as one batched matmul vs row by row (different rounding,
+    # ~1e-7 relative); the float64 log-likelihoods (magnitude ~1-30) agree to well within 1e-5
+    torch.testing.assert_close(a.log_lik, b.log_lik, rtol=1e-5, atol=1e-5)
