@@ -68,7 +68,7 @@ def test_mcmc_gradient_free_on_blackbox_model():
     assert idata.sample_stats["accepted"].shape == (4, 1500)
     # black-box simulators: mcmc runs, nuts refuses with a clear message
     y_bb = np.array([0.5, 0.2], dtype=np.float32)
-    out = bayesinv.infer(M.blackbox_model, y_bb, method="mcmc", num_samples=200, warmup_steps=200, num_chains=2, progress=False)
+    out = bayesinv.infer(M.blackbox_model, y_bb, method="mcmc", num_samples=200, warmup_steps=200, num_chains=2, seed=0, progress=False)
     assert out.posterior["u"].shape == (2, 200, 2)
     with pytest.raises(ProblemError, match="black-box simulator.*square_sim.*mcmc"):
         bayesinv.infer(M.blackbox_model, y_bb, method="nuts")
@@ -81,7 +81,7 @@ def test_importance_with_analytic_guide_has_full_ess():
     def guide(y=None):
         pyro.sample("theta", dist.MultivariateNormal(mean, scale_tril=L))
 
-    idata = bayesinv.infer(LG.model, Y, method="importance", proposal=guide, num_samples=2000, num_proposals=20_000, progress=False)
+    idata = bayesinv.infer(LG.model, Y, method="importance", proposal=guide, num_samples=2000, num_proposals=20_000, seed=0, progress=False)
     assert float(idata.sample_stats["ess_fraction"]) > 0.99
     _check(idata, mean_tol=0.15, std_tol=0.1)
 
@@ -105,7 +105,7 @@ def test_small_ess_warns():
     lg = LinearGaussian(dim=10, noise=0.05)
     _, y = lg.draw(seed=0)
     with pytest.warns(bayesinv.methods.importance.ImportanceWarning, match="ESS"):
-        bayesinv.infer(lg.model, y, method="importance", num_samples=100, num_proposals=2000, progress=False)
+        bayesinv.infer(lg.model, y, method="importance", num_samples=100, num_proposals=2000, seed=0, progress=False)
 
 
 def test_importance_is_chunked_and_reproducible():
@@ -155,7 +155,7 @@ def test_arviz_summary_and_plots_work(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    idata = bayesinv.infer(LG.model, Y, method="mcmc", num_samples=200, num_chains=2, target="theta", progress=False)
+    idata = bayesinv.infer(LG.model, Y, method="mcmc", num_samples=200, num_chains=2, target="theta", seed=0, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = az.summary(idata, var_names=["theta"])
