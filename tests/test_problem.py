@@ -1,9 +1,12 @@
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from torch.distributions import constraints
 
 import bayesinv
+from bayesinv.errors import SimulationError
 from bayesinv.models.toy import LinearGaussian, spiral
 from bayesinv.problem import ProblemError, run_batch, trace_problem
 from tests import models_for_tests as M
@@ -88,3 +91,116 @@ def test_loop_and_vectorized_log_lik_match():
     # the float32 forward map runs as one batched matmul vs row by row (different rounding,
     # ~1e-7 relative); the float64 log-likelihoods (magnitude ~1-30) agree to well within 1e-5
     torch.testing.assert_close(a.log_lik, b.log_lik, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- tracing (issue 14, item 15)
+
+FAIL_ABOVE = 1.4758  # P(N(0, 1) > 1.4758) = 7 %; the default seed's first prior draw is 1.5410
+
+
+def _fails_on_7_percent(y=None):
+    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+    if bool((theta > FAIL_ABOVE).any()):
+        raise RuntimeError("solver diverged")
+    return pyro.sample("y", dist.Normal(theta, 0.1), obs=y)
+
+
+def test_tracing_retries_other_prior_draws():
+    with torch.random.fork_rng(devices=[]):  # the draw the default tracing seed gives does fail
+        torch.manual_seed(0)
+        with pytest.raises(RuntimeError, match="solver diverged"):
+            _fails_on_7_percent()
+    p = trace_problem(_fails_on_7_percent)
+    assert p.latent == ("theta",) and p.observed == ("y",)
+    idata = bayesinv.infer(_fails_on_7_percent, 0.3, num_samples=200, num_proposals=5000, seed=0, progress=False)
+    assert idata.posterior["theta"].shape == (1, 200)
+
+
+def test_tracing_reports_the_real_error_when_every_draw_fails():
+    def always_fails(y=None):
+        pyro.sample("theta", dist.Normal(0.0, 1.0))
+        raise RuntimeError("mesh file missing")
+
+    with pytest.raises(ProblemError, match=r"each of the 10 prior draws.*RuntimeError: mesh file missing") as info:
+        trace_problem(always_fails)
+    assert "observed=" not in str(info.value)  # no misleading hint
+
+
+@bayesinv.simulator
+def _nan_sim(theta):
+    return np.full_like(theta, np.nan)
+
+
+def _nan_model(y=None):
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    return pyro.sample("y", dist.Normal(_nan_sim(theta), 0.1).to_event(1), obs=y)
+
+
+def test_simulator_returning_only_nan_is_named():
+    with pytest.raises(SimulationError, match=r"simulator\(s\) \['_nan_sim'\].*only non-finite values"):
+        trace_problem(_nan_model)
+
+
+def _reshaping(y=None):
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+    obs = None if y is None else y.reshape(-1)
+    return pyro.sample("y", dist.Normal(theta, 1.0).to_event(1), obs=obs)
+
+
+def _doubling(y=None):
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    return pyro.sample("y", dist.Normal(2 * theta, 1.0).to_event(1), obs=None if y is None else y * 2)
+
+
+def _as_tensor_model(y=None):
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    obs = None if y is None else torch.as_tensor(y, dtype=torch.float32)
+    pyro.deterministic("residual", theta if obs is None else obs - theta)
+    return pyro.sample("y", dist.Normal(theta, 1.0).to_event(1), obs=obs)
+
+
+def _dict_transforming(y=None):
+    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+    pyro.sample("u", dist.Normal(theta, 0.5), obs=None if y is None else torch.as_tensor(y["u"]))
+    pyro.sample("v", dist.Normal(theta.expand(3), 0.5).to_event(1), obs=None if y is None else y["v"] + 0.0)
+
+
+@pytest.mark.parametrize(
+    "model, transformed",
+    [(_reshaping, ()), (_doubling, ("y",)), (_as_tensor_model, ())],
+    ids=["reshape", "times_2", "as_tensor"],
+)
+def test_models_transforming_y_are_traced_without_observed(model, transformed):
+    p = trace_problem(model)
+    assert p.observed == ("y",) and p.latent == ("theta",)
+    assert p.obs_keys == {"y": None} and p.transformed_observed == transformed
+    y = np.full(p.sites["y"].shape, 0.5, dtype=np.float32)
+    idata = bayesinv.infer(model, y, num_samples=100, num_proposals=4000, seed=0, progress=False)
+    assert idata.posterior["theta"].shape == (1, 100, p.sites["theta"].shape[0])
+    np.testing.assert_array_equal(idata.observed_data["y"].values, y)
+
+
+def test_dict_model_transforming_y_is_traced_without_observed():
+    p = trace_problem(_dict_transforming)
+    assert set(p.observed) == {"u", "v"} and p.obs_keys == {"u": "u", "v": "v"}
+    y, _ = p.check_y({"u": 0.2, "v": [0.1, 0.2, 0.3]})
+    batch = run_batch(p, 8, y=y, seed=0)
+    assert batch.log_lik.shape == (8,) and torch.isfinite(batch.log_lik).all()
+
+
+def test_observed_site_whose_shape_changes_between_calls():
+    size = {"n": 3}
+
+    def model(y=None):
+        theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+        return pyro.sample("y", dist.Normal(theta.unsqueeze(-1).expand(*theta.shape, size["n"]), 0.1).to_event(1), obs=y)
+
+    p = trace_problem(model)
+    assert p.sites["y"].shape == (3,)
+    size["n"] = 4
+    with pytest.raises(ProblemError, match=r"observation for site 'y' has shape \(4,\).*site 'y' has shape \(3,\)"):
+        p.check_y(np.zeros(4))
+    y, _ = p.check_y(np.zeros(3))
+    for vectorize in (None, False):
+        with pytest.raises(ProblemError, match=r"observed site 'y' has shape \(4,\) in this run.*shape \(3,\) when the model was traced"):
+            run_batch(p, 5, y=y, seed=0, vectorize=vectorize)
