@@ -606,18 +606,23 @@ PARENT = textwrap.dedent(
         return x
 
     if __name__ == "__main__":
+        if sys.argv[2] == "watchdog":  # not Linux for bayesinv: no prctl, only the portable watchdog thread
+            sys.platform = "bayesinv-test"
         idle(np.ones((2, 1)))  # two workers left waiting for work
         busy(np.ones((2, 1)))  # two workers in a 60 s call
     """
 )
 
 
-def test_workers_exit_when_the_parent_is_killed(tmp_path):
+@pytest.mark.parametrize("mechanism", ["prctl", "watchdog"])
+def test_workers_exit_when_the_parent_is_killed(tmp_path, mechanism):
+    if mechanism == "prctl" and not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
     pids_dir = tmp_path / "pids"
     pids_dir.mkdir()
-    parent = subprocess.Popen([sys.executable, str(script), str(pids_dir)], cwd=ROOT, stderr=subprocess.PIPE)
+    parent = subprocess.Popen([sys.executable, str(script), str(pids_dir), mechanism], cwd=ROOT, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while sum(p.name.startswith("busy") for p in pids_dir.iterdir()) < 2:
