@@ -1,5 +1,9 @@
 r"""Accuracy of the baselines on problems with analytic posteriors, and their errors."""
 
+import json
+import logging
+import math
+import re
 import warnings
 
 import numpy as np
@@ -12,6 +16,7 @@ import bayesinv
 import bayesinv.distributions as bdist
 from bayesinv._arviz import az
 from bayesinv.models.toy import LinearGaussian
+from bayesinv.errors import SimulationError
 from bayesinv.problem import ProblemError
 from tests import models_for_tests as M
 
@@ -177,3 +182,123 @@ def test_custom_method_registration():
     assert "prior_only" in bayesinv.available_methods()
     with pytest.raises(ValueError, match="already registered"):
         bayesinv.register_method("prior_only")(lambda *a, **k: None)
+
+
+# ---------------------------------------------------------------- long runs say how long they are (issue 14, item 17)
+
+
+def test_runs_without_a_terminal_log_their_size_and_eta(caplog, monkeypatch):
+    import bayesinv.methods._util as util
+
+    monkeypatch.setattr(util, "_on_terminal", lambda: False)
+    caplog.set_level(logging.INFO, logger="bayesinv")
+    bayesinv.infer(LG.model, Y, method="importance", num_samples=1000, chunk_size=2000, seed=0, progress=None)
+    text = caplog.text
+    assert "importance: 20,000 proposals from the prior (the default max(20 * num_samples, 10,000) for num_samples=1,000" in text
+    assert "importance: starting, 20,000 proposals" in text
+    assert re.search(r"importance: 2,000/20,000 proposals \(10%\), [0-9.e+]+ proposals/s, elapsed \d+:\d\d, ETA \d+:\d\d", text)
+    assert "importance: done, 20,000 proposals in" in text
+    caplog.clear()
+    bayesinv.infer(LG.model, Y, method="importance", num_samples=100, num_proposals=3000, seed=0, progress=False)
+    assert "importance: 3,000 proposals from the prior (num_proposals=3,000)" in caplog.text
+    caplog.clear()
+    bayesinv.infer(LG.model, Y, method="mcmc", num_samples=50, num_chains=2, seed=0, progress=None)
+    assert "mcmc: 2 chain(s) moved together, 100 warm-up + 50 x thin 1 steps = 150 model runs of 2 draws (warm-up defaults to 2 * num_samples)" in caplog.text
+    assert re.search(r"mcmc: 15/150 steps \(10%\).*ETA", caplog.text)
+    caplog.clear()
+    bayesinv.infer(LG.model, Y, method="nuts", num_samples=20, num_chains=1, seed=0, progress=None)
+    assert "nuts: 1 chain(s) x (20 warm-up + 20 draws) = 40 steps (warm-up defaults to num_samples)" in caplog.text
+    assert re.search(r"nuts: 4/40 steps \(10%\).*ETA", caplog.text)
+
+
+def test_log_progress_reports_rate_and_eta_every_30_s(caplog, monkeypatch):
+    import bayesinv.methods._util as util
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(util.time, "perf_counter", lambda: clock["t"])
+    caplog.set_level(logging.INFO, logger="bayesinv")
+    bar = util.LogProgress(10_000, "simulate", "draws", every_fraction=1.0)  # reports by time only
+    for _ in range(5):
+        clock["t"] += 31.0
+        bar.update(100)
+    bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "simulate: starting, 10,000 draws"
+    # 100 draws per 31 s: 3.23 draws/s, so 9,900 draws left after the first report take 51 min
+    assert lines[1] == "simulate: 100/10,000 draws (1%), 3.23 draws/s, elapsed 0:31, ETA 51:09"
+    assert lines[5] == "simulate: 500/10,000 draws (5%), 3.23 draws/s, elapsed 2:35, ETA 49:05"
+    assert lines[6] == "simulate: done, 500 draws in 2:35"
+
+
+# ---------------------------------------------------------------- chains in separate modes
+
+
+def _wrapped_phase_model(y=None):
+    theta = pyro.sample("theta", dist.Uniform(0.0, 6 * math.pi))  # three aliases of the phase
+    return pyro.sample("y", bdist.WrappedPhase(theta, torch.tensor(50.0)), obs=y)
+
+
+def _squared_model(y=None):
+    theta = pyro.sample("theta", dist.Normal(0.0, 3.0))
+    return pyro.sample("y", dist.Normal(theta**2, 0.1), obs=y)  # y = 4: modes at -2 and +2
+
+
+@pytest.mark.parametrize("model, num_modes", [(_wrapped_phase_model, 3), (_squared_model, 2)], ids=["wrapped_phase", "squared"])
+def test_mcmc_chains_in_separate_modes_are_reported(model, num_modes):
+    y = np.float32(1.0) if model is _wrapped_phase_model else np.float32(4.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = bayesinv.infer(model, y, method="mcmc", num_samples=500, num_chains=4, seed=0, progress=False)
+    means = idata.posterior["theta"].values.mean(1)
+    # seed 0 starts the chains in different modes; they stay there (a random walk does not cross)
+    if model is _wrapped_phase_model:
+        aliases = np.round((means - 1.0) / (2 * math.pi))
+        np.testing.assert_allclose(means, 1.0 + 2 * math.pi * aliases, atol=0.05)
+    else:
+        aliases = np.sign(means)
+        np.testing.assert_allclose(np.abs(means), 2.0, atol=0.02)
+    assert len(set(aliases.tolist())) == num_modes
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    modes = [m for m in messages if "separate modes" in m]
+    assert len(modes) == 1 and f"the chains sit in {num_modes} separate modes" in modes[0]
+    assert not any("run longer" in m for m in messages)
+    assert idata.posterior.attrs["num_modes"] == num_modes
+    mode_of_chain = json.loads(idata.posterior.attrs["mode_of_chain"])
+    for i in range(4):
+        for j in range(4):
+            assert (mode_of_chain[i] == mode_of_chain[j]) == (aliases[i] == aliases[j])
+
+
+def test_mcmc_short_unimodal_run_still_advises_a_longer_run():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = bayesinv.infer(LG.model, Y, method="mcmc", num_samples=10, warmup_steps=20, num_chains=4, seed=0, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("run longer" in m for m in messages) and not any("separate modes" in m for m in messages)
+    assert idata.posterior.attrs["num_modes"] == 1
+
+
+# ---------------------------------------------------------------- a simulator whose every output is NaN
+
+NAN_SWITCH = {"on": False}
+
+
+@bayesinv.simulator
+def _switchable_sim(theta):
+    return np.full_like(theta, np.nan) if NAN_SWITCH["on"] else theta
+
+
+def _switchable_model(y=None):
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    return pyro.sample("y", dist.Normal(_switchable_sim(theta), 0.5).to_event(1), obs=y)
+
+
+def test_importance_names_a_simulator_that_returns_only_nan():
+    NAN_SWITCH["on"] = False
+    bayesinv.problem.as_problem(_switchable_model)  # traced while the simulator still works
+    NAN_SWITCH["on"] = True
+    try:
+        with pytest.raises(SimulationError, match=r"simulator\(s\) \['_switchable_sim'\] returned only non-finite values.*all 500 proposals"):
+            bayesinv.infer(_switchable_model, np.zeros(2, dtype=np.float32), num_samples=10, num_proposals=500, seed=0, progress=False)
+    finally:
+        NAN_SWITCH["on"] = False
