@@ -73,6 +73,7 @@ _LOCK = "lock"
 _HOLDER = "holder.json"
 _FORMAT = "bayesinv simulation store"
 _FORMAT_VERSION = 1
+_MAX_FAILED_CHUNKS = 10  # chunks in a row whose every simulation failed before simulate gives up
 _GROUP_JSON = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
 
 #: Called with the name of every write step just before it runs (and with ``"committed"``
@@ -106,15 +107,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(file: Path, obj: Any) -> None:
-    r"""Replaces ``file`` by ``obj`` as JSON: a reader or a kill sees the old file or the new one."""
+def _write_json_atomic(file: Path, obj: Any, *, durable: bool = False) -> None:
+    r"""Replaces ``file`` by ``obj`` as JSON: a reader or a kill sees the old file or the new one.
+
+    ``durable=True`` also survives a power cut (fsync of the file before the rename and of
+    the folder after it); the commit record is written so.
+    """
     tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, file)
-    _fsync_dir(file.parent)
+    if durable:
+        _fsync_dir(file.parent)
 
 
 def _read_state(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -147,7 +154,7 @@ def _write_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     r"""Replaces the store's commit record atomically."""
     folder = Path(path) / _META
     folder.mkdir(exist_ok=True)
-    _write_json_atomic(folder / _RECORD, {**state, "format": _FORMAT, "format_version": _FORMAT_VERSION})
+    _write_json_atomic(folder / _RECORD, {**state, "format": _FORMAT, "format_version": _FORMAT_VERSION}, durable=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,7 +315,7 @@ def _attrs_of(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_dataset(ds: xr.Dataset, where: str) -> None:
-    for name, var in {**ds.data_vars, **ds.coords}.items():
+    for name, var in ds.data_vars.items():
         if var.dtype.kind not in "biuf":
             raise StoreError(f"{where}: variable {name!r} has dtype {var.dtype}; bayesinv reads only plain numeric arrays")
 
@@ -428,6 +435,8 @@ class _StoreLock:
         import filelock
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "zarr.json").is_file():  # so that zarr sees an (empty) group, not a stray folder
+            _write_json_atomic(self.folder / "zarr.json", json.loads(_GROUP_JSON))
         self.lock = filelock.FileLock(str(self.folder / _LOCK), timeout=0)
         try:
             self.lock.acquire(timeout=0)
@@ -528,8 +537,6 @@ def _clear_data(store: Path) -> None:
             entry.unlink()
     _step("create group")
     _write_json_atomic(store / "zarr.json", json.loads(_GROUP_JSON))
-    if not (store / _META / "zarr.json").exists():
-        _write_json_atomic(store / _META / "zarr.json", json.loads(_GROUP_JSON))
 
 
 def _remove_partial_files(store: Path) -> None:
@@ -549,13 +556,13 @@ def _recover(store: Path, record: dict[str, Any]) -> dict[str, Any]:
     if n_done == 0:
         _clear_data(store)
         return record
+    if not (store / "zarr.json").is_file():
+        _write_json_atomic(store / "zarr.json", json.loads(_GROUP_JSON))
     arrays = _scan_store(store)
     wanted = record.get("arrays")
     if wanted is None:  # a store written before the commit record: every draw-indexed array
         wanted = {k: {"dtype": None} for k, (_, dims) in arrays.items() if dims and dims[0] == "draw"}
         record = {**record, "arrays": wanted}
-    if not (store / "zarr.json").is_file():
-        _write_json_atomic(store / "zarr.json", json.loads(_GROUP_JSON))
     group = zarr.open_group(str(store), mode="r+")
     discarded = 0
     for name, spec in wanted.items():
@@ -582,9 +589,14 @@ def _recover(store: Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _commit(store: Path, group: Any, state: dict[str, Any], values: Mapping[str, np.ndarray],
+def _commit(store: Path, group: Any, handles: dict[str, Any], state: dict[str, Any], values: Mapping[str, np.ndarray],
             dims: Mapping[str, list[str]], chunk_size: int) -> dict[str, Any]:
-    r"""Appends ``values`` (rows ``n_done:n_done+got``) and replaces the commit record."""
+    r"""Appends ``values`` (rows ``n_done:n_done+got``) and replaces the commit record.
+
+    The steps, in order: create the arrays (first commit only), resize every array,
+    write the new rows of every array, replace the commit record. A kill before the
+    last leaves the previous commit intact (the rows past it are truncated on resume).
+    """
     start = int(state["n_done"])
     got = int(next(iter(values.values())).shape[0])
     arrays = state.get("arrays") or {}
@@ -596,7 +608,9 @@ def _commit(store: Path, group: Any, state: dict[str, Any], values: Mapping[str,
                 fill_value=np.zeros((), v.dtype).item(), dimension_names=["draw", *_site_dims(name, v.shape[1:], dims)],
             )
         arrays = {name: {"dtype": str(v.dtype), "shape": list(v.shape[1:])} for name, v in values.items()}
-    handles = {name: group[name] for name in arrays}
+    if set(handles) != set(arrays):
+        handles.clear()
+        handles.update({name: group[name] for name in arrays})
     for name, arr in handles.items():
         _step(f"resize {name}")
         arr.resize((start + got, *arr.shape[1:]))
@@ -745,9 +759,9 @@ def simulate(
         if state["n_done"] < n:
             import zarr
 
-            group = zarr.open_group(str(store), mode="r+")
+            group, handles = zarr.open_group(str(store), mode="r+"), {}
             state = _run(problem, state, vectorize, progress,
-                         lambda values, st: _commit(store, group, st, values, dims, chunk_size))
+                         lambda values, st: _commit(store, group, handles, st, values, dims, chunk_size))
     finally:
         lock.release()
     ds = open_data(store)
@@ -766,9 +780,12 @@ def _run(problem: Problem, state: dict[str, Any], vectorize: bool | None, progre
         index = state["chunks_done"]
         size = min(chunk_size, n - state["n_done"])
         batch = run_batch(problem, size, seed=chunk_seed(seed, index), vectorize=vectorize)
-        if batch.num_failed == size:
+        failed_run = state.get("failed_run", 0) + 1 if batch.num_failed == size else 0
+        if failed_run and (state["n_done"] == 0 or failed_run >= _MAX_FAILED_CHUNKS):
+            # a broken simulator, not bad luck: the first chunk, or many chunks in a row, failed entirely
             raise ProblemError(
-                f"all {size} simulations of chunk {index} failed; first error: "
+                f"all {size} simulations of chunk {index} failed"
+                + (f" ({failed_run} chunks in a row)" if failed_run > 1 else "") + "; first error: "
                 + (batch.errors[0] if batch.errors else "non-finite values")
             )
         keep = batch.valid
@@ -777,8 +794,9 @@ def _run(problem: Problem, state: dict[str, Any], vectorize: bool | None, progre
         values = {k: v[: n - state["n_done"]].detach().cpu().numpy() for k, v in tensors.items()}
         got = int(next(iter(values.values())).shape[0])
         state = {**state, "chunks_done": index + 1, "num_failed": state["num_failed"] + batch.num_failed,
-                 "errors": (state["errors"] + batch.errors)[:5]}
-        state = commit(values, state)  # returns the state with n_done advanced by got
+                 "errors": (state["errors"] + batch.errors)[:5], "failed_run": failed_run}
+        if got:  # (a chunk that added no draw is recorded with the next commit; redone, it fails again)
+            state = commit(values, state)  # returns the state with n_done advanced by got
         bar.update(got)
     bar.close()
     if state["num_failed"]:

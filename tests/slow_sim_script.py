@@ -1,5 +1,12 @@
-r"""Run by test_simulate: a slow simulation written to zarr, to be killed half-way."""
+r"""Run by test_simulate: a slow simulation written to zarr, to be killed half-way.
 
+The simulator sleeps ``BAYESINV_TEST_SIM_SLEEP`` seconds per batch (default 0.15) when run
+as a script; imported by the tests it does not sleep, and gives the same draws::
+
+    python tests/slow_sim_script.py STORE N CHUNK
+"""
+
+import os
 import sys
 import time
 
@@ -9,10 +16,12 @@ import torch
 
 import bayesinv
 
+SLEEP = {"s": 0.0}
+
 
 @bayesinv.simulator
 def slow(theta):
-    time.sleep(0.15)
+    time.sleep(SLEEP["s"])
     return theta * 3.0
 
 
@@ -22,4 +31,5 @@ def model(y=None):
 
 
 if __name__ == "__main__":
+    SLEEP["s"] = float(os.environ.get("BAYESINV_TEST_SIM_SLEEP", "0.15"))
     bayesinv.simulate(model, int(sys.argv[2]), seed=7, chunk_size=int(sys.argv[3]), path=sys.argv[1], progress=False)
