@@ -204,3 +204,15 @@ def test_observed_site_whose_shape_changes_between_calls():
     for vectorize in (None, False):
         with pytest.raises(ProblemError, match=r"observed site 'y' has shape \(4,\) in this run.*shape \(3,\) when the model was traced"):
             run_batch(p, 5, y=y, seed=0, vectorize=vectorize)
+
+
+def test_observed_sites_that_cannot_be_found_ask_for_observed():
+    W = torch.ones(2, 3)
+
+    def model(y=None):  # y comes as 2 numbers, the site holds 3: no simulated site value fits y @ W
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        return pyro.sample("y", dist.Normal(theta, 1.0).to_event(1), obs=None if y is None else y @ W)
+
+    with pytest.raises(ProblemError, match=r"cannot find the observed site\(s\) of model 'model'.*pass observed=\[site names\]"):
+        trace_problem(model)
+    assert trace_problem(model, observed=["y"]).observed == ("y",)
