@@ -30,17 +30,23 @@ def complete_draws(problem: Problem, y: dict, latents: dict[str, np.ndarray], ta
     return out
 
 
-def separated_modes(posterior: dict[str, np.ndarray], *, min_separation: float = 4.0) -> tuple[list[list[int]], str]:
+def separated_modes(
+    posterior: dict[str, np.ndarray], *, min_separation: float = 4.0, min_chain_ess: float = 30.0
+) -> tuple[list[list[int]], str]:
     r"""Groups chains that sit in the same mode; chains in different groups never meet.
 
     Two chains are *separated* in a scalar parameter when their central 98 % intervals do
     not overlap and their means differ by more than ``min_separation`` times their pooled
-    within-chain standard deviation. Chains separated in no parameter belong together;
-    the groups are the connected components of that relation. One group: no separation.
+    within-chain standard deviation. Only parameters that every chain has explored on
+    its own (a per-chain bulk ESS of at least ``min_chain_ess``) are compared: chains that
+    are still drifting towards the bulk are not modes, they need a longer run. Chains
+    separated in no parameter belong together; the groups are the connected components
+    of that relation. One group: no separation.
 
     Arguments:
         posterior: Site name → draws ``(chain, draw, *shape)``.
         min_separation: Distance of two chain means, in within-chain standard deviations.
+        min_chain_ess: Smallest per-chain effective sample size of a parameter compared.
 
     Returns:
         The groups (lists of chain indices, sorted) and a short description of the most
@@ -56,9 +62,16 @@ def separated_modes(posterior: dict[str, np.ndarray], *, min_separation: float =
         mean = flat.mean(1)
         sd = flat.std(1)
         lo, hi = np.quantile(flat, 0.01, axis=1), np.quantile(flat, 0.99, axis=1)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            # each chain as its own one-chain run: ess[c, k] of chain c, component k
+            per_chain = az.convert_to_dataset({"v": np.moveaxis(flat, 0, 1)[None]})  # (1, draw, chain, K)
+            chain_ess = np.asarray(az.ess(per_chain)["v"].values).reshape(chains, -1)
         for k in range(flat.shape[2]):
             if not np.all(np.isfinite(mean[:, k])) or np.any(sd[:, k] <= 0):
                 continue  # a chain that does not move is not a mode
+            if not np.all(np.nan_to_num(chain_ess[:, k]) >= min_chain_ess):
+                continue  # a chain that has not explored its own region yet: run longer
             for i in range(chains):
                 for j in range(i + 1, chains):
                     pooled = math.sqrt(0.5 * (sd[i, k] ** 2 + sd[j, k] ** 2))
@@ -105,8 +118,10 @@ def convergence(posterior: dict[str, np.ndarray], method: str) -> dict[str, floa
     per_site = {}
     worst_rhat, min_ess = 0.0, float("inf")
     for name in posterior:
-        r = float(np.nanmax(rhat[name].values)) if rhat[name].size else float("nan")
-        e = float(np.nanmin(ess[name].values)) if ess[name].size else float("nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN R-hat of a single chain
+            r = float(np.nanmax(rhat[name].values)) if rhat[name].size else float("nan")
+            e = float(np.nanmin(ess[name].values)) if ess[name].size else float("nan")
         per_site[name] = {"max_rhat": r, "min_ess_bulk": e}
         worst_rhat = max(worst_rhat, r) if np.isfinite(r) else worst_rhat
         min_ess = min(min_ess, e) if np.isfinite(e) else min_ess
