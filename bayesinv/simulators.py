@@ -238,8 +238,8 @@ class _Worker:
             status, payload = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(5)
-            error = f"BrokenProcessPool: worker process {self.pid} died during the call (exit code {self.process.exitcode})"
-            return _Outcome(error=error), True
+            code = self.process.exitcode
+            return _Outcome(error=f"BrokenProcessPool: worker process {self.pid} died during the call (exit code {code})"), True
         return (_Outcome(out=payload) if status == "ok" else _Outcome(error=payload)), False
 
     def kill(self) -> None:
@@ -503,11 +503,12 @@ class Simulator:
             out = outcome.out
             self._check_shape(out, start, stop, sig, args)
             bad = _nonfinite_rows(out)
+            error = "FloatingPointError: non-finite simulator output"
             if not bad.any() or m == 1 or not bad.all():
                 calls.parts.append((start, out))
-                calls.failures.extend((start + int(i), "FloatingPointError: non-finite simulator output") for i in np.flatnonzero(bad))
+                calls.failures.extend((start + int(i), error) for i in np.flatnonzero(bad))
                 return []
-            error = "FloatingPointError: non-finite simulator output"  # every row: a failure of the call
+            # every row non-finite: a failure of the call, isolated like an exception
         else:
             error = outcome.error or "unknown error"
         if m == 1:
@@ -681,7 +682,8 @@ def simulator(
     ``2 m - 1`` calls. A row whose output is non-finite in a call that otherwise
     succeeded fails without a retry. Failed rows become NaN rows, counted in
     ``ctx.failures`` and ``Simulator.num_failures`` (first messages, in row order, in
-    ``errors``); :class:`SimulationError` is raised only when every row fails.
+    ``errors``); :class:`SimulationError` is raised only when no row gave an output (every
+    row raised, timed out or killed its worker; non-finite rows are returned as NaN).
 
     Shape bugs. An output without one row per input row, or whose shape per row differs
     from what the simulator returned before for inputs of the same shapes (for example

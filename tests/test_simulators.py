@@ -645,3 +645,23 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path, mechanism):
                 os.kill(int(path.name.split("-")[1]), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_nonfinite_rows_fail_without_retry_unless_every_row_is_nonfinite():
+    sizes = []
+
+    @simulator(name="partly_nan")
+    def partly_nan(x):
+        sizes.append(len(x))
+        out = x.copy()
+        out[x[:, 0] < 0] = np.nan
+        return out
+
+    x = np.array([[1.0], [-1.0], [2.0], [-3.0], [4.0], [5.0]])
+    out = partly_nan(x)
+    assert sizes == [6], "the finite rows of a call are kept, its non-finite rows fail: no retry"
+    assert np.array_equal(np.isnan(out[:, 0]), x[:, 0] < 0) and partly_nan.num_failures == 2
+
+    sizes.clear()
+    out = partly_nan(-np.ones((4, 1)))  # no finite row: bisected like an exception, NaN rows returned
+    assert sizes == [4, 2, 1, 1, 2, 1, 1] and np.isnan(out).all() and partly_nan.num_failures == 6
