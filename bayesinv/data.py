@@ -320,6 +320,13 @@ def _check_dataset(ds: xr.Dataset, where: str) -> None:
             raise StoreError(f"{where}: variable {name!r} has dtype {var.dtype}; bayesinv reads only plain numeric arrays")
 
 
+def _open_zarr(path: Path, **kw: Any) -> xr.Dataset:
+    try:
+        return xr.open_zarr(path, consolidated=False, **kw)
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # checked metadata that xarray still cannot use
+        raise StoreError(f"{path}: xarray cannot open this zarr store ({type(exc).__name__}: {exc})") from None
+
+
 def open_data(data: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     r"""A simulated dataset, read safely: the committed draws of a store, nothing decoded unchecked.
 
@@ -357,7 +364,7 @@ def open_data(data: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     arrays = _scan_store(path)
     record = _read_state(path)
     if record is None:
-        ds = xr.open_zarr(path, consolidated=False)
+        ds = _open_zarr(path)
         _check_dataset(ds, str(path))
         return ds
     n_done = int(record["n_done"])
@@ -375,13 +382,10 @@ def open_data(data: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # zarr on stray files left by a killed writer
         if len({shape[0] for shape in draw_arrays.values()}) == 1:
-            ds = xr.open_zarr(path, consolidated=False)
+            ds = _open_zarr(path)
         else:  # a writer is appending (or was killed while appending): arrays differ in length past n_done
             names = list(arrays)
-            parts = [
-                xr.open_zarr(path, consolidated=False, drop_variables=[o for o in names if o != k]).isel(draw=slice(0, n_done))
-                for k in names
-            ]
+            parts = [_open_zarr(path, drop_variables=[o for o in names if o != k]).isel(draw=slice(0, n_done)) for k in names]
             ds = xr.merge(parts, compat="override", join="override")
     ds = ds.isel(draw=slice(0, n_done))
     _check_dataset(ds, str(path))
@@ -645,11 +649,11 @@ def _open_store(store: Path, problem: Problem, n: int, seed: int | None, chunk_s
         raise StoreError(_refusal(store, kind, overwrite))
     if kind == "store":
         old_seed = record["config"].get("seed")
-        seed = old_seed if seed is None and isinstance(old_seed, int) else check_seed(seed)
-        config = _config(problem, n, seed, chunk_size, dims)
+        resume_seed = old_seed if seed is None and isinstance(old_seed, int) else check_seed(seed)
+        config = _config(problem, n, resume_seed, chunk_size, dims)
         diff = _differences(record["config"], config)
         if not diff:
-            return _recover(store, record), seed
+            return _recover(store, record), resume_seed
         if not overwrite:
             raise StoreError(
                 f"{store} holds a simulation with another configuration ({'; '.join(diff)}); pass overwrite=True to"
@@ -698,8 +702,9 @@ def simulate(
         model: A Pyro model ``model(y=None)`` (or a traced problem).
         n: The number of (successful) draws.
         seed: The seed; the same seed gives the same dataset. ``None`` draws a fresh
-            random seed — or, when ``path`` holds a run of this model, resumes it with its
-            seed. The seed used is in ``attrs["seed"]``.
+            random seed — or, when ``path`` holds a run of this model with the same other
+            settings, resumes it with the store's seed (``overwrite=True`` then draws a
+            fresh one). The seed used is recorded in the store and in ``attrs["seed"]``.
         path: A zarr store (a folder) to write chunk by chunk. If it holds an unfinished
             run with the same configuration, the run resumes; if it holds the finished
             run, it is opened.
@@ -728,9 +733,11 @@ def simulate(
         >>> ds["theta"].shape
         (10000, 2)
     """
-    problem = as_problem(model, observed=observed)
     n = check_count("n", n)
     chunk_size = check_count("chunk_size", chunk_size)
+    if seed is not None:
+        check_seed(seed)
+    problem = as_problem(model, observed=observed)
     dims = dict(dims or {})
     if path is None:
         seed = check_seed(seed)

@@ -589,3 +589,16 @@ def test_open_data_refuses_zarr3_object_codecs_and_string_arrays(tmp_path):
         open_data(tmp_path / "missing.zarr")
     with pytest.raises(StoreError, match="not a zarr store"):
         open_data(tmp_path)
+
+
+def test_open_data_reads_a_plain_zarr_store_and_names_what_xarray_cannot_open(tmp_path):
+    import zarr
+
+    store = tmp_path / "plain.zarr"
+    group = zarr.open_group(store, mode="w", zarr_format=3)
+    group.create_array("a", shape=(3,), dtype="int64", dimension_names=["draw"])[:] = [1, 2, 3]
+    ds = open_data(store)  # not a bayesinv store: read as it is (no commit record to cut it to)
+    assert ds["a"].values.tolist() == [1, 2, 3] and "complete" not in ds.attrs
+    group.create_array("b", shape=(4,), dtype="float32", dimension_names=["draw"])
+    with pytest.raises(StoreError, match=rf"{store}: xarray cannot open this zarr store .*conflicting sizes"):
+        open_data(store)
