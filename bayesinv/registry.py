@@ -3,7 +3,11 @@ r"""The method registry: ``infer(..., method="name")`` dispatches through it.
 A sampling method is a function ``run(problem, y, *, num_samples, seed, target,
 progress, **options) -> Draws``. An amortized method is a function
 ``fit(problem, *, target, seed, progress, **options) -> posterior`` whose result has
-``infer(y, num_samples=..., seed=...)``; it is registered with ``amortized=True``.
+``infer(y, num_samples=..., seed=...)``; it is registered with ``amortized=True``. The
+learned methods of bayesinv are :class:`~bayesinv.amortized.method.AmortizedMethod`
+records registered with :func:`~bayesinv.amortized.method.register_amortized`, which
+records them here with ``amortized_method=``: their options are the fields of their
+config dataclasses, not of a signature.
 
 Example:
     >>> @register_method("my_sampler")
@@ -48,15 +52,20 @@ class MethodSpec:
     needs_likelihood: bool = True
     needs_gradients: bool = False
     loader: Callable | None = None
+    amortized_method: Any = None
 
     @property
     def option_names(self) -> tuple[str, ...]:
+        if self.amortized_method is not None:
+            return tuple(self.amortized_method.fit_options)
         skip = {"problem", "y", "num_samples", "seed", "target", "progress"}
         params = inspect.signature(self.fn).parameters.values()
         return tuple(p.name for p in params if p.name not in skip and p.kind is not p.VAR_KEYWORD)
 
     @property
     def accepts_any_option(self) -> bool:
+        if self.amortized_method is not None:
+            return False
         return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.fn).parameters.values())
 
 
@@ -72,6 +81,7 @@ def register_method(
     needs_gradients: bool = False,
     loader: Callable | None = None,
     overwrite: bool = False,
+    amortized_method: Any = None,
 ) -> Callable[[Callable], Callable]:
     r"""Registers a method under ``name``.
 
@@ -83,6 +93,8 @@ def register_method(
         loader: For amortized methods, ``loader(meta, tensors) -> posterior`` used by
             :func:`bayesinv.load`.
         overwrite: Allow replacing an existing registration.
+        amortized_method: The :class:`~bayesinv.amortized.method.AmortizedMethod` record of a
+            learned method on the amortized layer (options from its config dataclasses).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"method name must be a non-empty string, got {name!r}")
@@ -97,6 +109,7 @@ def register_method(
             needs_likelihood=(not amortized) if needs_likelihood is None else needs_likelihood,
             needs_gradients=needs_gradients,
             loader=loader,
+            amortized_method=amortized_method,
         )
         return fn
 

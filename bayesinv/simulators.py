@@ -353,6 +353,7 @@ class Simulator:
         self.errors: list[str] = []
         self._workers: list[_Worker | None] = []
         self._event_shapes: dict[tuple, tuple[int, ...]] = {}
+        self._lock = threading.Lock()  # one call at a time talks to the workers
 
     # -- calling ------------------------------------------------------------------
 
@@ -428,7 +429,8 @@ class Simulator:
         if self.workers == 1 and self.timeout is None:
             self._run_here(args, n, chunks, calls, sig)
         else:
-            self._run_in_workers(args, n, chunks, calls, sig)
+            with self._lock:
+                self._run_in_workers(args, n, chunks, calls, sig)
         messages = calls.messages()
 
         self.num_failures += len(calls.failures)

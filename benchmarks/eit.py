@@ -285,7 +285,10 @@ def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int, base_cha
     if method == "cond_score":
         return bayesinv.fit(eit.model, method="cond_score", config=cfg, **common)
     if method == "csd_star":
-        return bayesinv.fit(eit.model, method="csd_star", config=cfg, solver=eit, **common)
+        from bayesinv.methods.csd_star import CSDStarConfig  # the fields of cfg that CSD* has
+
+        csd = {f: getattr(cfg, f) for f in CSDStarConfig.__dataclass_fields__ if hasattr(cfg, f)}
+        return bayesinv.fit(eit.model, method="csd_star", config=csd, solver=eit, **common)
     raise ValueError(method)
 
 

@@ -60,7 +60,7 @@ def main() -> None:
         max_epochs=args.max_epochs, seed=args.seed, progress=False,
     )  # fmt: skip
     fit_time = time.perf_counter() - t0
-    print(f"fit: {fit_time:.1f} s, {post.info['steps']} steps, best val NLL {post.info['best_val_loss']:.3f}")
+    print(f"fit: {fit_time:.1f} s, {post.info['train_steps']} steps, best val NLL {post.info['best_val_loss']:.3f}")
 
     rows = []
     for i in range(args.observations):
@@ -100,7 +100,7 @@ def main() -> None:
         **metadata(args.machine),
         "args": vars(args),
         "fit_time_s": fit_time,
-        "train_steps": post.info["steps"],
+        "train_steps": post.info["train_steps"],
         "ess_fraction_mean": float(np.mean(ess)),
         "ess_fraction_min": float(np.min(ess)),
         "rows": rows,

@@ -67,7 +67,7 @@ def test_shapes_options_and_stats(post, data):
     assert int(idata.sample_stats["insert_step"]) == 10 and int(idata.sample_stats["nfe"]) == 2 * 10 + 1
     with pytest.raises(ProblemError, match="insert_step"):
         post.sample(y, 1, insert_step=101)
-    with pytest.raises(ProblemError, match="no sampler option"):
+    with pytest.raises(ProblemError, match="no sampling option"):
         post.sample(y, 1, sampler="ode")
 
 

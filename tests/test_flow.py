@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import bayesinv
-from bayesinv.methods.flow import ConditionalFlow, FlowPosterior
+from bayesinv.amortized import AmortizedPosterior
+from bayesinv.methods.flow import ConditionalFlow
 from bayesinv.models.toy import LinearGaussian
 from bayesinv.problem import ProblemError
 
@@ -35,7 +36,7 @@ def log_gauss(x, mean, cov):
 
 def test_shapes(post, obs):
     y = obs[0]
-    assert isinstance(post, FlowPosterior) and post.method == "flow"
+    assert isinstance(post, AmortizedPosterior) and post.method == "flow"
     assert post.sample(y, 7, seed=0)["theta"].shape == (7, 3)
     ys = np.stack([y, y + 0.1, y - 0.1, y])
     assert post.sample(ys, 5, seed=0)["theta"].shape == (4, 5, 3)
@@ -58,7 +59,7 @@ def test_save_load_round_trip(post, obs, tmp_path):
     y = obs[0]
     path = post.save(tmp_path / "flow.bayesinv")
     loaded = bayesinv.load(path)
-    assert isinstance(loaded, FlowPosterior) and loaded.config == post.config
+    assert isinstance(loaded, AmortizedPosterior) and loaded.config == post.config
     a, b = post.sample(y, 50, seed=2)["theta"], loaded.sample(y, 50, seed=2)["theta"]
     assert torch.equal(a, b)
     assert torch.allclose(post.log_prob({"theta": a}, y), loaded.log_prob({"theta": a}, y))

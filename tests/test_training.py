@@ -88,3 +88,92 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
 
     again = train(loss, net2, data, max_steps=40, checkpoint_path=path, resume=True, **opts)
     assert again.steps == 40 and len(again.history["step"]) == 4  # nothing left to do
+
+
+# -- checkpoints: fingerprints, start-up checks, atomic writes ----------------------------
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import bayesinv  # noqa: E402
+from bayesinv.amortized.training import read_checkpoint  # noqa: E402
+from bayesinv.errors import CheckpointError, OptionError  # noqa: E402
+from bayesinv.models.toy import LinearGaussian  # noqa: E402
+
+LG = LinearGaussian(dim=2, noise=0.5, seed=0)
+TINY = dict(method="flow", hidden=(8,), num_transforms=1, max_epochs=None, max_steps=6, batch_size=32, progress=False)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    path = tmp_path / "run.ckpt"
+    bayesinv.fit(LG.model, num_simulations=100, seed=0, checkpoint=path, **TINY)
+    # another seed, learning rate, data set, model of the same shapes: refused, naming what differs
+    with pytest.raises(CheckpointError, match="seed: checkpoint 0, this run 1"):
+        bayesinv.fit(LG.model, num_simulations=100, seed=1, checkpoint=path, resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="lr"):
+        bayesinv.fit(LG.model, num_simulations=100, seed=0, lr=5e-3, checkpoint=path, resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="data"):
+        bayesinv.fit(LG.model, num_simulations=120, seed=0, checkpoint=path, resume=True, **TINY)
+    other = LinearGaussian(dim=2, noise=0.5, seed=1)  # another forward matrix, same shapes
+    with pytest.raises(CheckpointError, match="data"):
+        bayesinv.fit(other.model, num_simulations=100, seed=0, checkpoint=path, resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="num_transforms"):
+        bayesinv.fit(LG.model, num_simulations=100, seed=0, checkpoint=path, resume=True, **{**TINY, "num_transforms": 2})
+    # the same run resumes, and may train longer
+    post = bayesinv.fit(LG.model, num_simulations=100, seed=0, checkpoint=path, resume=True, **{**TINY, "max_steps": 9})
+    assert post.info["train_steps"] == 9
+
+
+def test_checkpoint_options_are_checked_at_the_start(tmp_path):
+    with pytest.raises(OptionError, match="resume=True needs checkpoint="):
+        bayesinv.fit(LG.model, num_simulations=100, resume=True, **TINY)
+    with pytest.raises(OptionError, match="does not exist"):
+        bayesinv.fit(LG.model, num_simulations=100, checkpoint=tmp_path / "missing" / "run.ckpt", **TINY)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        bayesinv.fit(LG.model, num_simulations=100, checkpoint=broken, resume=True, **TINY)
+
+
+WORKER = r"""
+import sys, torch
+from bayesinv.training import train
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+x = torch.randn(4096, 8, generator=g)
+y = x @ torch.randn(8, 1, generator=g)
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.SiLU(), torch.nn.Linear(64, 1))
+res = train(lambda m, a, b: (m(a) - b).square().mean(), net, (x, y), batch_size=64, max_steps=int(sys.argv[2]),
+            checkpoint_every=2, eval_every=20, seed=0, progress=False, checkpoint_path=sys.argv[1], resume=True)
+print("done", res.steps)
+"""
+
+
+def test_kills_at_random_moments_leave_a_loadable_checkpoint_and_the_run_finishes(tmp_path):
+    # each worker is killed a random (seeded) time after it has written its first checkpoint,
+    # that is, while it trains and writes a checkpoint every 2 steps
+    path, total = tmp_path / "kill.ckpt", 1000
+    rng = np.random.default_rng(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps = []
+    for delay in rng.uniform(0.0, 0.4, size=3):
+        before = path.stat().st_mtime_ns if path.exists() else None
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(total)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if path.exists() and path.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        steps.append(read_checkpoint(path)["step"])  # always a whole checkpoint, never torn
+    assert steps == sorted(steps) and 0 < steps[-1] < total
+    done = subprocess.run([sys.executable, "-c", WORKER, str(path), str(total)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["done", str(total)] and read_checkpoint(path)["step"] == total

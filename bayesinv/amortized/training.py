@@ -10,13 +10,22 @@ resumable checkpoints. Options live in the frozen :class:`TrainConfig`; everythi
 loop knows is in the checkpoint, nothing is kept between calls.
 
 Checkpoints are ``torch.save`` dictionaries of tensors, numbers, strings, lists and
-dictionaries only, so ``torch.load(path, weights_only=True)`` reads them.
+dictionaries only, so ``torch.load(path, weights_only=True)`` reads them. They are written
+atomically (temporary file, fsync, ``os.replace``): a kill at any moment leaves the
+previous checkpoint or the new one, never a torn file. A checkpoint carries the
+``fingerprint`` of its run (configuration, data digest, site layout); resuming from one
+whose fingerprint differs raises :class:`~bayesinv.errors.CheckpointError` naming what differs.
+
+After the first steps the loop logs (logger ``"bayesinv"``, level INFO) and shows in its
+progress bar the estimated training time.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import logging
 import math
 import os
 import time
@@ -27,7 +36,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+from bayesinv.errors import CheckpointError, OptionError
+
+__all__ = ["TrainConfig", "TrainResult", "train", "check_checkpoint_options", "read_checkpoint", "write_checkpoint"]
+
+logger = logging.getLogger("bayesinv")
+#: Options that may change between a run and its resume (the budget, where it runs); all others are fingerprinted.
+RESUMABLE = ("max_epochs", "max_steps", "patience", "checkpoint_every", "device", "progress")
+#: Steps timed before the training time is estimated and reported.
+ETA_AFTER_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -78,11 +95,15 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.max_steps is None and self.max_epochs is None:
-            raise ValueError("TrainConfig needs max_steps or max_epochs")
+            raise OptionError("TrainConfig needs max_steps or max_epochs")
+        for name in ("max_steps", "max_epochs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise OptionError(f"{name} must be None or an integer >= 1 (0 would return an untrained network), got {value!r}")
         if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'")
+            raise OptionError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'")
         if self.lr_schedule not in (None, "cosine"):
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; use None or 'cosine'")
+            raise OptionError(f"unknown lr_schedule {self.lr_schedule!r}; use None or 'cosine'")
 
 
 class TrainResult(NamedTuple):
@@ -155,10 +176,84 @@ def _clone_state(module: nn.Module | None) -> dict | None:
     return None if module is None else {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _save(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
+def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    r"""Writes ``payload`` atomically: a temporary file in the same folder, fsync, ``os.replace``, fsync of the folder.
+
+    Arguments:
+        path: The checkpoint path.
+        payload: Tensors, numbers, strings, lists and dicts (``weights_only`` loadable).
+    """
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    r"""Reads a checkpoint written by :func:`train` (``weights_only``); a broken file is a :class:`CheckpointError`."""
+    try:
+        ck = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise CheckpointError(f"checkpoint {os.fspath(path)} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ck, dict) or "model" not in ck or "step" not in ck:
+        raise CheckpointError(f"{os.fspath(path)} is not a bayesinv training checkpoint")
+    return ck
+
+
+def check_checkpoint_options(checkpoint: Any, resume: Any) -> None:
+    r"""Refuses, before any work, ``resume=True`` without ``checkpoint=`` and a checkpoint in a missing folder."""
+    if not isinstance(resume, bool):
+        raise OptionError(f"resume must be True or False, got {resume!r}")
+    if checkpoint is None:
+        if resume:
+            raise OptionError("resume=True needs checkpoint= (the path of the checkpoint to continue from)")
+        return
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise OptionError(f"checkpoint must be a path, got {checkpoint!r} ({type(checkpoint).__name__})")
+    folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+    if not os.path.isdir(folder):
+        raise OptionError(f"checkpoint={os.fspath(checkpoint)!r}: the folder {folder} does not exist")
+    if os.path.isdir(os.fspath(checkpoint)):
+        raise OptionError(f"checkpoint={os.fspath(checkpoint)!r} is a folder; give a file path")
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    if not isinstance(stored, dict):
+        return ["the checkpoint has no fingerprint"] if not prefix else [f"{prefix}: checkpoint {stored!r}, this run {current!r}"]
+    out = []
+    for k in sorted(set(stored) | set(current)):
+        a, b = stored.get(k), current.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: checkpoint {a!r:.80}, this run {b!r:.80}")
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _report_eta(bar: Any, steps: int, seconds: float, remaining: int) -> None:
+    per_step = seconds / steps
+    eta = per_step * remaining
+    text = f"{eta / 3600:.1f} h" if eta > 5400 else f"{eta / 60:.1f} min" if eta > 90 else f"{eta:.0f} s"
+    logger.info("training: %d steps to go at %.3g s per step: about %s more (estimated after %d steps)",
+                remaining, per_step, text, steps)  # fmt: skip
+    bar.set_description(f"train (about {text} left)")
 
 
 def train(
@@ -170,6 +265,7 @@ def train(
     config: TrainConfig | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
+    fingerprint: dict | None = None,
     **options: Any,
 ) -> TrainResult:
     r"""Trains ``module`` by minimising ``loss_fn(module, *batch)``.
@@ -184,6 +280,9 @@ def train(
         checkpoint_path: Where to write checkpoints (model, EMA, optimiser, step,
             shuffling and random states, best state, history).
         resume: Whether to continue from ``checkpoint_path`` when it exists.
+        fingerprint: JSON-able description of the run (stored in checkpoints; a resume
+            from a checkpoint with another fingerprint raises :class:`CheckpointError`).
+            The training options are always part of it.
 
     Returns:
         A :class:`TrainResult`.
@@ -211,10 +310,23 @@ def train(
         history={"step": [], "train_loss": [], "val_loss": [], "lr": []},
     )  # fmt: skip
 
+    config_json = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                   for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}  # fmt: skip
+    fp = _json_safe({**(fingerprint or {}), "train_config": config_json})
+    check_checkpoint_options(checkpoint_path, resume)
     ck = None
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        ck = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(ck["model"])
+        ck = read_checkpoint(checkpoint_path)
+        diff = _differences(ck.get("fingerprint"), fp)
+        if diff:
+            raise CheckpointError(
+                f"checkpoint {os.fspath(checkpoint_path)} belongs to another run; refusing to resume from it. Differences: "
+                + "; ".join(diff)
+            )
+        try:
+            module.load_state_dict(ck["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {os.fspath(checkpoint_path)} does not fit this network: {exc}") from exc
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["rng_shuffle"])
         torch.set_rng_state(ck["rng_torch"])
@@ -228,12 +340,13 @@ def train(
     def checkpoint() -> None:
         if checkpoint_path is None:
             return
-        _save(os.fspath(checkpoint_path), {
+        write_checkpoint(checkpoint_path, {
             "model": module.state_dict(), "ema": None if ema is None else ema.state_dict(),
             "optimizer": opt.state_dict(), "rng_shuffle": gen.get_state(), "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "config": {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
                        for k, v in dataclasses.asdict(cfg).items()},
+            "fingerprint": fp,
             **s,
         })  # fmt: skip
 
@@ -242,6 +355,7 @@ def train(
     bar = tqdm(total=total, initial=s["step"], desc="train", disable=None if cfg.progress is None else not cfg.progress)
     run_sum = torch.tensor(s["run_sum"], device=device)
     start = time.perf_counter() - s["wall"]
+    first_step, first_time = s["step"], time.perf_counter()
     module.train()
     while s["step"] < total and not s["stopped"]:
         if s["pos"] >= n:
@@ -264,6 +378,8 @@ def train(
         run_sum += loss.detach()
         s["run_n"] += 1
         bar.update(1)
+        if s["step"] - first_step == ETA_AFTER_STEPS and total > s["step"]:
+            _report_eta(bar, s["step"] - first_step, time.perf_counter() - first_time, total - s["step"])
 
         if s["step"] % eval_every == 0 or s["step"] == total:
             train_loss = run_sum.item() / s["run_n"]

@@ -17,7 +17,8 @@ validation pairs by MSE (the paper found K′ ≈ 500–650 of 1000).
 
 The network, the forward processes, the DSM loss, the sampler and the training loop are
 those of ``method="cond_score"``: the score network is a
-:class:`~bayesinv.methods.cond_score.CondScoreNet` with an empty condition.
+:class:`~bayesinv.nets.score.CondScoreNet` with an empty condition. Options: the fields of
+:class:`CSDStarConfig` (fit) and :class:`CSDStarSampler` (sampling).
 
 The reconstruction comes from ``solver=``, an object with ``gauss_newton(y, **options)``
 returning the target image(s) — the EIT problem of :mod:`bayesinv.models.eit` (as for
@@ -34,55 +35,131 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import time
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bayesinv.amortized.layout import Layout, apply_transforms
+from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, register_amortized, to_json
+from bayesinv.amortized.posterior import AmortizedPosterior
 from bayesinv.diffusion import predictor_corrector
-from bayesinv.methods.cond_score import CondScoreConfig, CondScoreNet, _dsm_loss, _net_spec
-from bayesinv.posterior import AmortizedPosterior, Layout, Normalizer, _apply_transforms, resolve_device, training_data
-from bayesinv.problem import Problem, ProblemError
-from bayesinv.registry import register_method
-from bayesinv.training import train
+from bayesinv.errors import OptionError, ProblemError
+from bayesinv.methods.cond_score import score_loss
+from bayesinv.nets.score import CondScoreNet, make_process, net_spec
 
-__all__ = ["CSDStarPosterior", "csd_star", "choose_insert_step"]
+__all__ = ["CSDStarConfig", "CSDStarSampler", "CSDStarPosterior", "CSD_STAR", "choose_insert_step"]
 
-_SAMPLE_OPTIONS = {"insert_step", "steps", "corrector_steps", "snr", "t_min", "denoise", "solver", "start", "chunk_size", "gn_options"}
+
+@dataclass(frozen=True)
+class CSDStarConfig(TrainOptions):
+    r"""Fit options of ``method="csd_star"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
+
+    Arguments:
+        insert_step: K′, the step of K at which the reconstruction is inserted.
+        steps: K, the steps of the full reverse process.
+        corrector_steps, snr: Langevin corrector steps per predictor step and its r.
+        gn_options: Options of ``solver.gauss_newton`` (JSON-able; saved).
+        process: ``"ve"`` or ``"vp"``; sigma_max, beta_min, beta_max: its parameters.
+        base_channels, channel_mults, activation, embed_dim, embed_map_channels: The U-Net.
+        t_min, time_sampling: As for :class:`~bayesinv.methods.cond_score.CondScoreConfig`.
+        normalization: ``"minmax"`` (default), ``"standard"`` or ``"none"``.
+    """
+
+    insert_step: int = 600
+    steps: int = 1000
+    corrector_steps: int = 1
+    snr: float = 0.16
+    gn_options: dict = field(default_factory=dict)
+    process: str = "ve"
+    sigma_max: float = 5.0
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    activation: str = "silu"
+    embed_dim: int = 64
+    embed_map_channels: int = 8
+    t_min: float = 1e-5
+    time_sampling: str = "mixed"
+    normalization: str = "minmax"
+    network = "unet"  # not fields: CSD* always uses a U-Net without an observation embedding
+    embedding = "auto"
+    hidden = (256, 256, 256)
+
+    def __post_init__(self):
+        self.check_training()
+        check_choice(self, "process", ("ve", "vp"))
+        check_choice(self, "activation", ("silu", "relu", "gelu", "tanh"))
+        check_choice(self, "time_sampling", ("uniform", "mixed"))
+        for name in ("steps", "base_channels", "embed_dim"):
+            check_int(self, name)
+        check_int(self, "corrector_steps", minimum=0)
+        check_int(self, "embed_map_channels", minimum=0)
+        if not isinstance(self.insert_step, int) or not 0 < self.insert_step <= self.steps:
+            raise OptionError(f"CSDStarConfig: insert_step K' must lie in 1..steps = {self.steps}, got {self.insert_step!r}")
+        for name in ("snr", "sigma_max", "beta_min", "beta_max"):
+            check_float(self, name, low=0.0, open_low=True)
+        check_float(self, "t_min", low=0.0, high=0.5, open_low=True)
+        if not isinstance(self.gn_options, Mapping):
+            raise OptionError(f"CSDStarConfig: gn_options must be a dict, got {self.gn_options!r}")
+
+    def process_spec(self) -> dict[str, Any]:
+        return {"kind": "ve", "sigma_max": self.sigma_max} if self.process == "ve" else \
+            {"kind": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+@dataclass(frozen=True)
+class CSDStarSampler:
+    r"""Sampling options of ``method="csd_star"`` (``None``: the posterior's default).
+
+    Arguments:
+        insert_step: K′; steps: K; corrector_steps, snr: the corrector; t_min.
+        denoise: Final Tweedie step (``True``).
+        solver: Overrides ``post.solver``; gn_options: passed to ``solver.gauss_newton``.
+        start: Precomputed reconstructions ``(*B, *target shape)`` instead of the solver.
+        chunk_size: Draws per network batch (512).
+    """
+
+    insert_step: int | None = None
+    steps: int | None = None
+    corrector_steps: int | None = None
+    snr: float | None = None
+    t_min: float | None = None
+    denoise: bool | None = None
+    solver: Any = None
+    gn_options: dict | None = None
+    start: Any = None
+    chunk_size: int | None = None
+
+    def __post_init__(self):
+        for name in ("insert_step", "steps", "chunk_size"):
+            check_int(self, name, none=True)
+        check_int(self, "corrector_steps", minimum=0, none=True)
+        check_float(self, "snr", low=0.0, open_low=True, none=True)
+        check_float(self, "t_min", low=0.0, high=0.5, open_low=True, none=True)
+        check_choice(self, "denoise", (None, True, False))
+        if self.gn_options is not None and not isinstance(self.gn_options, Mapping):
+            raise OptionError(f"CSDStarSampler: gn_options must be a dict, got {self.gn_options!r}")
 
 
 class CSDStarPosterior(AmortizedPosterior):
     r"""CSD*: an unconditional score prior's reverse process started from a reconstruction.
-
-    Sampler options of :meth:`sample` / :meth:`infer`: ``insert_step`` (K′), ``steps``
-    (K, default 1000), ``corrector_steps`` (default 1), ``snr`` (default 0.16),
-    ``t_min``, ``denoise`` (final Tweedie step, default ``True``), ``solver`` (overrides
-    :attr:`solver`), ``gn_options`` (passed to ``solver.gauss_newton``), ``start``
-    (precomputed reconstructions ``(*B, *target shape)`` instead of the solver) and
-    ``chunk_size``.
 
     Attributes:
         solver: The object whose ``gauss_newton(y, **options)`` gives the starting
             reconstruction (not saved; set it again after loading).
     """
 
-    method = "csd_star"
-
-    def __init__(self, net: nn.Module, *, solver: Any = None, **kw: Any):
-        super().__init__(net, **kw)
+    def __init__(self, method: Any, net: nn.Module, *, solver: Any = None, **kw: Any):
+        super().__init__(method, net, **kw)
         self.solver = solver
-
-    @classmethod
-    def build_net(cls, config: Mapping[str, Any]) -> nn.Module:
-        return CondScoreNet(config["net"])
 
     @property
     def process(self):
-        return self.net.process
+        return make_process(self.config["net"]["process"])
 
     @property
     def insert_step(self) -> int:
@@ -121,49 +198,64 @@ class CSDStarPosterior(AmortizedPosterior):
     def _normalise_start(self, start: Any) -> Tensor:
         (name,), (shape,) = self.target.names, self.target.shapes
         v = torch.as_tensor(np.asarray(start)).float().reshape(-1, *shape)
-        v = _apply_transforms({name: v}, self.transforms)[name]
+        v = apply_transforms({name: v}, self.transforms)[name]
         return self.x_norm(self.target.flatten({name: v}).to(self.device))
 
-    def _sample(self, c: Tensor, n: int, generator: torch.Generator | None, **options) -> tuple[Tensor, dict]:
-        unknown = sorted(set(options) - _SAMPLE_OPTIONS)
-        if unknown:
-            raise ProblemError(f"csd_star has no sampler option(s) {unknown}; its options are {sorted(_SAMPLE_OPTIONS)}")
-        steps = int(options.get("steps") or self.config["steps"])
-        insert_step = int(options.get("insert_step") or self.insert_step)
-        t_min = float(options.get("t_min") or self.config["t_min"])
-        t_start = self.insert_time(insert_step, steps, t_min)
-        if options.get("start") is not None:
-            x_gn = self._normalise_start(options["start"])
-        else:
-            # c is the raw observation (the condition normaliser is the identity)
-            x_gn = self.reconstruct(c.cpu().numpy(), options.get("solver"), **dict(options.get("gn_options") or {}))
-        B, D = c.shape[0], self.target.dim
-        if x_gn.shape[0] != B:
-            raise ProblemError(f"start= holds {x_gn.shape[0]} reconstructions for {B} observations")
-        x0 = x_gn.repeat_interleave(n, 0)
-        proc = self.process
-        t = torch.tensor(t_start)
-        z = torch.randn(x0.shape, generator=generator, device=self.device)
-        x = proc.mean_scale(t).item() * x0 + proc.sigma(t).item() * z
-        empty = torch.zeros(0, device=self.device)
-        score_fn = lambda x_, level: self.net(x_, empty, level)  # noqa: E731
-        chunk = int(options.get("chunk_size") or 512)
-        out, nfe = [], 0
-        for a in range(0, len(x), chunk):
-            res = predictor_corrector(
-                score_fn, x[a : a + chunk], proc, steps=insert_step, t_start=t_start,
-                corrector_steps=int(options.get("corrector_steps", self.config["corrector_steps"])),
-                snr=float(options.get("snr", self.config["snr"])), t_min=t_min,
-                denoise=bool(options.get("denoise", True)), generator=generator,
-            )  # fmt: skip
-            out.append(res.x)
-            nfe = max(nfe, res.nfe)
-        stats = {"sampler": "pc", "insert_step": insert_step, "steps": steps, "t_insert": t_start, "nfe": nfe,
-                 "sigma_insert": float(proc.sigma(t))}  # fmt: skip
-        return torch.cat(out).reshape(B, n, D), stats
 
-    def sample_and_log_prob(self, y: Any, n: int):
-        raise ProblemError("a csd_star posterior has no density; sample it with post.sample / post.infer")
+
+def build(cfg: CSDStarConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
+    r"""The unconditional score U-Net (input preconditioning from the target draws) and its settings."""
+    target, observed = pairs.target, pairs.observed
+    if len(observed) != 1 or len(target.names) != 1 or len(target.shapes[0]) not in (2, 3):
+        raise ProblemError(
+            f"csd_star takes one observed site and one 2-D field target; got observed {list(observed)}, target {list(target.names)}"
+        )
+    spec = net_spec(cfg, target, Layout((), ()), cfg.process_spec())
+    settings = {**to_json(cfg), "net": spec}
+    net = CondScoreNet(spec)
+    net.set_statistics(pairs.x, pairs.x.new_zeros(len(pairs.x), 0))  # input preconditioning; no condition
+    return net, settings
+
+
+def loss(cfg: CSDStarConfig, net: nn.Module, settings: Mapping[str, Any]):
+    r"""``loss_fn(module, x, c)``: the unconditional DSM loss (``c`` is empty and ignored)."""
+    process, empty = make_process(settings["net"]["process"]), torch.zeros(0, device=next(net.parameters()).device)
+    return lambda module, x0, c0: score_loss(module, x0, empty, process, cfg.t_min, cfg.time_sampling)
+
+
+def sample(post: CSDStarPosterior, c: Tensor, n: int, generator: torch.Generator, scfg: CSDStarSampler) -> tuple[Tensor, dict]:
+    r"""K′ predictor–corrector steps from the diffused reconstruction: ``(B, n, D)``."""
+    cfg = post.config
+    steps = int(scfg.steps or cfg["steps"])
+    insert_step = int(scfg.insert_step or post.insert_step)
+    t_min = float(scfg.t_min or cfg["t_min"])
+    t_start = post.insert_time(insert_step, steps, t_min)
+    if scfg.start is not None:
+        x_gn = post._normalise_start(scfg.start)
+    else:  # c is the raw observation (the condition normaliser is the identity)
+        x_gn = post.reconstruct(c.cpu().numpy(), scfg.solver, **dict(scfg.gn_options or {}))
+    B, D = c.shape[0], post.target.dim
+    if x_gn.shape[0] != B:
+        raise ProblemError(f"start= holds {x_gn.shape[0]} reconstructions for {B} observations")
+    x0 = x_gn.repeat_interleave(n, 0)
+    proc, t = post.process, torch.tensor(t_start)
+    z = torch.randn(x0.shape, generator=generator, device=post.device)
+    x = proc.mean_scale(t).item() * x0 + proc.sigma(t).item() * z
+    empty = torch.zeros(0, device=post.device)
+    score_fn = lambda x_, level: post.net(x_, empty, level)  # noqa: E731
+    chunk = int(scfg.chunk_size or 512)
+    corrector = int(cfg["corrector_steps"] if scfg.corrector_steps is None else scfg.corrector_steps)
+    snr = float(cfg["snr"] if scfg.snr is None else scfg.snr)
+    out, nfe = [], 0
+    for a in range(0, len(x), chunk):
+        res = predictor_corrector(score_fn, x[a : a + chunk], proc, steps=insert_step, t_start=t_start,
+                                  corrector_steps=corrector, snr=snr, t_min=t_min,
+                                  denoise=True if scfg.denoise is None else bool(scfg.denoise), generator=generator)  # fmt: skip
+        out.append(res.x)
+        nfe = max(nfe, res.nfe)
+    stats = {"sampler": "pc", "insert_step": insert_step, "steps": steps, "t_insert": t_start, "nfe": nfe,
+             "sigma_insert": float(proc.sigma(t))}  # fmt: skip
+    return torch.cat(out).reshape(B, n, D), stats
 
 
 def choose_insert_step(
@@ -195,7 +287,7 @@ def choose_insert_step(
     truth = torch.as_tensor(np.asarray(truth)).float()
     if start is None:
         start = post.x_norm.inverse(post.reconstruct(np.asarray(y))).reshape(truth.shape)
-        start = _apply_transforms({post.target.names[0]: start}, post.transforms, inverse=True)[post.target.names[0]]
+        start = apply_transforms({post.target.names[0]: start}, post.transforms, inverse=True)[post.target.names[0]]
     table = {}
     for k in candidates:
         draws = post.sample(y, 1, seed=seed, insert_step=int(k), start=start, **options)[post.target.names[0]][:, 0]
@@ -208,102 +300,10 @@ def choose_insert_step(
     return best, table
 
 
-@register_method("csd_star", amortized=True, loader=CSDStarPosterior.from_saved)
-def csd_star(
-    problem: Problem,
-    *,
-    target: tuple[str, ...],
-    seed: int | None = 0,
-    progress: bool | None = None,
-    num_simulations: int | None = None,
-    data: Any = None,
-    solver: Any = None,
-    insert_step: int = 600,
-    steps: int = 1000,
-    corrector_steps: int = 1,
-    snr: float = 0.16,
-    gn_options: Mapping[str, Any] | None = None,
-    transforms: Mapping[str, Any] | None = None,
-    checkpoint: str | None = None,
-    resume: bool = False,
-    device: str | torch.device | None = "auto",
-    config: CondScoreConfig | None = None,
-    **overrides: Any,
-) -> CSDStarPosterior:
-    r"""Fits the unconditional score prior of CSD* on target images only.
-
-    Arguments:
-        problem: The traced problem (one observed site, one 2-D field target).
-        target: The target site (one field, e.g. ``"sigma"``).
-        seed: Seed of the simulations, the initial weights and the training noise.
-        progress: Show progress bars.
-        num_simulations: Prior draws to simulate now, or the most of ``data`` to use.
-        data: A dataset from :func:`bayesinv.simulate` (only the target is read).
-        solver: Object with ``gauss_newton(y, **options)`` (kept on the posterior, not saved).
-        insert_step: K′, the step of K at which the reconstruction is inserted.
-        steps: K, the steps of the full reverse process.
-        corrector_steps, snr: Langevin corrector steps per predictor step and its r.
-        gn_options: Options of ``solver.gauss_newton`` (JSON-able; saved).
-        transforms: Site → ``"log"``/``"log10"`` applied to the target before normalisation.
-        checkpoint, resume: Training checkpoint (see :func:`bayesinv.training.train`).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        config: Network, process and training settings (:class:`CondScoreConfig`;
-            ``process`` ``"ve"`` or ``"vp"``).
-        overrides: Fields of ``config`` (``max_epochs=``, ``base_channels=``, ...).
-
-    Returns:
-        A :class:`CSDStarPosterior`.
-    """
-    t0 = time.perf_counter()
-    cfg = dataclasses.replace(config or CondScoreConfig(), **overrides)
-    if cfg.process not in ("ve", "vp"):
-        raise ProblemError(f"csd_star needs a continuous-time process ('ve' or 'vp'), got {cfg.process!r}")
-    seed = 0 if seed is None else int(seed)
-    dev = resolve_device(device)
-    observed = tuple(n for n in problem.observed if n not in problem.fixed_observed)
-    target = tuple(n for n in target if n not in observed)
-    if len(observed) != 1 or len(target) != 1 or len(problem.sites[target[0]].shape) not in (2, 3):
-        raise ProblemError(
-            f"csd_star takes one observed site and one 2-D field target; got observed {list(observed)}, target {list(target)}"
-        )
-    if not 0 < int(insert_step) <= int(steps):
-        raise ProblemError(f"insert_step K' must lie in 1..steps = {steps}, got {insert_step}")
-    arrays, n = training_data(problem, target, (), num_simulations=num_simulations, data=data, seed=seed, progress=progress)
-    arrays = _apply_transforms({k: v.float() for k, v in arrays.items()}, dict(transforms or {}))
-    t_layout = Layout(target, (problem.sites[target[0]].shape,))
-    c_layout = Layout(observed, (problem.sites[observed[0]].shape,))
-    x = t_layout.flatten(arrays)
-    x = x[torch.isfinite(x).all(-1)]
-    x_norm = Normalizer.fit(x, kind=cfg.normalization, groups=t_layout.groups())
-    c_norm = Normalizer(torch.zeros(c_layout.dim), torch.ones(c_layout.dim))  # raw y goes to the solver
-    x = x_norm(x)
-    proc = cfg.process_spec()
-    spec = _net_spec(dataclasses.replace(cfg, network="unet", embedding="auto"), t_layout, Layout((), ()), proc)
-    settings = cfg.to_json()
-    settings.update(net=spec, insert_step=int(insert_step), steps=int(steps), corrector_steps=int(corrector_steps),
-                    snr=float(snr), gn_options=dict(gn_options or {}))  # fmt: skip
-
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        net = CondScoreNet(spec)
-        net.set_statistics(x, x.new_zeros(len(x), 0))  # input preconditioning; no condition
-        net = net.to(dev)
-        process_ = net.process
-        empty = torch.zeros(0, device=dev)
-        loss_fn = lambda module, x0: _dsm_loss(module, x0, empty, process_, cfg.t_min, cfg.time_sampling)  # noqa: E731
-        result = train(loss_fn, net, (x,), config=cfg.train_config(seed=seed, device=dev, progress=progress),
-                       checkpoint_path=checkpoint, resume=resume)  # fmt: skip
-    trained = result.ema_model if result.ema_model is not None else result.model
-    info = {
-        "num_simulations": n,
-        "num_train_images": int(len(x)),
-        "fit_time_s": time.perf_counter() - t0,
-        "train_time_s": result.wall_time,
-        "train_steps": result.steps,
-        "best_val_loss": None if math.isnan(result.best_val) else result.best_val,
-        "stopped_early": bool(result.stopped_early),
-    }
-    return CSDStarPosterior(
-        trained, solver=solver, target=t_layout, condition=c_layout, x_norm=x_norm, c_norm=c_norm, transforms=transforms,
-        observed=observed, obs_keys={k: problem.obs_keys.get(k) for k in observed}, config=settings, info=info, device=dev,
-    )  # fmt: skip
+CSD_STAR = register_amortized(AmortizedMethod(
+    name="csd_star", config=CSDStarConfig, sampler_config=CSDStarSampler, build=build,
+    rebuild=lambda settings: CondScoreNet(settings["net"]), loss=loss, sample=sample, conditional=False,
+    posterior=CSDStarPosterior, fit_extras=("solver",),
+    no_density="a csd_star posterior has no density; sample it with post.sample / post.infer",
+    saved_keys=("insert_step", "steps", "corrector_steps", "snr", "t_min", "net"),
+))  # fmt: skip

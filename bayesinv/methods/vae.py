@@ -25,24 +25,79 @@ correlated across latent dimensions, and distorted by the decoder's non-linearit
 so this posterior is not calibrated by construction; check it with
 :func:`bayesinv.diagnostics.sbc_ranks` / ``tarp_coverage``. It has no density, so it
 cannot be an importance-sampling proposal (use ``method="flow"``).
+
+Options: the fields of :class:`VAEConfig` (fit) and :class:`VAESampler` (``spread``).
+
+Example:
+    >>> post = bayesinv.fit(model, method="vae", num_simulations=5000, latent_dim=4)
+    >>> x_hat = post.reconstruct(y_obs)
 """
 
 from __future__ import annotations
 
-import time
+import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from bayesinv.methods.flow import embedding_net, prepare, train_config
-from bayesinv.nets.embedding import _mlp
-from bayesinv.posterior import AmortizedPosterior, Layout, resolve_device
-from bayesinv.problem import Problem, ProblemError
-from bayesinv.registry import register_method
-from bayesinv.training import train
+from bayesinv.amortized.layout import Layout
+from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, register_amortized
+from bayesinv.amortized.posterior import AmortizedPosterior
+from bayesinv.errors import OptionError
+from bayesinv.nets.embedding import mlp, observation_embedding
 
-__all__ = ["TwoStageVAE", "VAEPosterior", "vae"]
+__all__ = ["VAEConfig", "VAESampler", "TwoStageVAE", "VAEPosterior", "VAE"]
+
+
+@dataclass(frozen=True)
+class VAEConfig(TrainOptions):
+    r"""Fit options of ``method="vae"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`,
+    used by each stage).
+
+    Arguments:
+        latent_dim: The latent size k (``None``: ``min(D, 32)``).
+        hidden: Encoder hidden sizes (the decoder mirrors them).
+        regressor_hidden: Hidden sizes of the regression network f.
+        embedding: ``None``, ``"mlp"`` or ``"cnn"``: an embedding of y inside f.
+        embed_dim: The embedding size.
+        beta: Weight of the KL term of stage 1 (a Gaussian decoder of variance β/2 in
+            normalised units; β = 1 shrinks low-dimensional targets strongly to their mean).
+        normalization: ``"standard"`` (default), ``"minmax"`` or ``"none"``.
+    """
+
+    latent_dim: int | None = None
+    hidden: tuple[int, ...] = (128, 128)
+    regressor_hidden: tuple[int, ...] = (128, 128)
+    embedding: str | None = None
+    embed_dim: int = 32
+    beta: float = 0.1
+
+    def __post_init__(self):
+        self.check_training()
+        check_int(self, "latent_dim", none=True)
+        check_int(self, "embed_dim")
+        check_choice(self, "embedding", (None, "none", "auto", "mlp", "cnn"))
+        check_float(self, "beta", low=0.0)
+        for name in ("hidden", "regressor_hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not all(isinstance(h, int) and h >= 1 for h in v):
+                raise OptionError(f"VAEConfig: option {name}={v!r} must be a tuple of integers >= 1")
+
+
+@dataclass(frozen=True)
+class VAESampler:
+    r"""Sampling options of ``method="vae"``.
+
+    Arguments:
+        spread: λ, the scale of the latent spread around f(y) (1; 0 gives the reconstruction).
+    """
+
+    spread: float = 1.0
+
+    def __post_init__(self):
+        check_float(self, "spread", low=0.0)
 
 
 class TwoStageVAE(nn.Module):
@@ -78,12 +133,12 @@ class TwoStageVAE(nn.Module):
         super().__init__()
         hidden, regressor_hidden = tuple(hidden), tuple(regressor_hidden)
         self.latent_dim = latent_dim
-        self.encoder = _mlp([x_dim, *hidden, 2 * latent_dim], nn.SiLU)
-        self.decoder = _mlp([latent_dim, *hidden[::-1], x_dim], nn.SiLU)
+        self.encoder = mlp([x_dim, *hidden, 2 * latent_dim], nn.SiLU)
+        self.decoder = mlp([latent_dim, *hidden[::-1], x_dim], nn.SiLU)
         condition = condition or Layout(("y",), ((c_dim,),))
-        emb = embedding_net(embedding, condition, embed_dim, (128,))
+        emb = observation_embedding(embedding, condition, embed_dim, (128,))
         f_in = embed_dim if emb is not None else c_dim
-        self.regressor = nn.Sequential(emb or nn.Identity(), _mlp([f_in, *regressor_hidden, latent_dim], nn.SiLU))
+        self.regressor = nn.Sequential(emb or nn.Identity(), mlp([f_in, *regressor_hidden, latent_dim], nn.SiLU))
         self.register_buffer("z_spread", torch.ones(latent_dim))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,22 +190,52 @@ class _Stage2(nn.Module):
         return (self.regressor(c) - z).square().sum(-1).mean()
 
 
+def rebuild(settings: Mapping[str, Any]) -> nn.Module:
+    r"""The network of saved settings (``architecture``, ``condition_layout``)."""
+    cond = settings.get("condition_layout")
+    return TwoStageVAE(**settings["architecture"], condition=Layout.from_json(cond) if cond else None)
+
+
+def build(cfg: VAEConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
+    r"""The two-stage VAE of ``cfg`` for the pairs' layouts, and its saved settings."""
+    k = cfg.latent_dim if cfg.latent_dim is not None else min(pairs.target.dim, 32)
+    arch = dict(x_dim=pairs.target.dim, c_dim=pairs.condition.dim, latent_dim=k, hidden=list(cfg.hidden),
+                regressor_hidden=list(cfg.regressor_hidden), embedding=cfg.embedding, embed_dim=cfg.embed_dim)  # fmt: skip
+    settings = {"architecture": arch, "condition_layout": pairs.condition.to_json(), "beta": float(cfg.beta),
+                "normalization": cfg.normalization}  # fmt: skip
+    return rebuild(settings), settings
+
+
+def train(net: TwoStageVAE, pairs: Any, cfg: VAEConfig, settings: Mapping[str, Any], run, seed: int):
+    r"""Stage 1 (the VAE on targets), stage 2 (f(y) → sampled latent codes), then the latent spread."""
+    x, c = pairs.x, pairs.c
+    stage1 = run(lambda m, xb: m(xb), _Stage1(net, cfg.beta), (x,), ".stage1")
+    _Stage1(net, cfg.beta).load_state_dict((stage1.model if stage1.ema_model is None else stage1.ema_model).state_dict())
+    net.encoder.requires_grad_(False)
+    stage2 = run(lambda m, xb, cb: m(xb, cb), _Stage2(net), (x, c), ".stage2")
+    net.regressor.load_state_dict((stage2.model if stage2.ema_model is None else stage2.ema_model).regressor.state_dict())
+    net.requires_grad_(True)
+    # the latent spread: RMS of the residuals z − f(y) on the pairs held out by stage 2
+    n_val = max(1, int(round(len(x) * cfg.val_fraction)))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_val]
+    with torch.no_grad():
+        dev = next(net.parameters()).device
+        resid = net.encode_sample(x[perm].to(dev)) - net.regress(c[perm].to(dev))
+        net.z_spread.copy_(resid.square().mean(0).sqrt())
+    stages = [{"train_steps": r.steps, "best_val_loss": r.best_val if math.isfinite(r.best_val) else None} for r in (stage1, stage2)]
+    return net, [stage1, stage2], {"stages": stages, "latent_spread": net.z_spread.cpu().tolist()}
+
+
+def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: VAESampler) -> tuple[Tensor, dict]:
+    r"""Decoded latent draws :math:`\Psi(f(y) + \lambda r \odot \varepsilon)`: ``(B, n, D)``."""
+    z0 = post.net.regress(c)  # (B, k)
+    eps = torch.randn((c.shape[0], n, z0.shape[-1]), generator=generator, device=c.device)
+    z = z0.unsqueeze(1) + scfg.spread * post.net.z_spread * eps
+    return post.net.decoder(z), {"spread": float(scfg.spread)}
+
+
 class VAEPosterior(AmortizedPosterior):
-    r"""A trained two-stage conditional VAE. Sampling option ``spread`` (λ, default 1)
-    scales the latent spread around f(y); ``spread=0`` returns the reconstruction.
-    It has no density."""
-
-    method = "vae"
-
-    def _sample(self, c: Tensor, n: int, generator: torch.Generator | None, *, spread: float = 1.0, **options) -> tuple[Tensor, dict]:
-        if options:
-            raise ProblemError(f"method 'vae' has no sampling option(s) {sorted(options)}; it has 'spread'")
-        if spread < 0:
-            raise ProblemError(f"spread must be non-negative, got {spread}")
-        z0 = self.net.regress(c)  # (B, k)
-        eps = torch.randn((c.shape[0], n, z0.shape[-1]), generator=generator, device=c.device)
-        z = z0.unsqueeze(1) + spread * self.net.z_spread * eps
-        return self.net.decoder(z), {"spread": float(spread)}
+    r"""A two-stage VAE posterior: the layer's posterior plus :meth:`reconstruct`."""
 
     @torch.no_grad()
     def reconstruct(self, y: Any) -> dict[str, Tensor]:
@@ -158,129 +243,13 @@ class VAEPosterior(AmortizedPosterior):
         values = self.sample(y, 1, seed=0, spread=0.0)
         return {k: v.squeeze(-len(s) - 1) for (k, v), s in zip(values.items(), self.target.shapes)}
 
-    def log_prob(self, values: Mapping[str, Any], y: Any) -> Tensor:
-        raise ProblemError(
-            "method 'vae' has no density (its draws are decoded latent perturbations), so it cannot be scored"
-            " or used as an importance-sampling proposal; use method='flow' for a proposal"
-        )
 
-    def sample_and_log_prob(self, y: Any, n: int) -> tuple[dict[str, Tensor], Tensor]:
-        return self.log_prob({}, y)
-
-    @classmethod
-    def build_net(cls, config: Mapping[str, Any]) -> nn.Module:
-        arch = dict(config["architecture"])
-        cond = config.get("condition_layout")
-        return TwoStageVAE(**arch, condition=Layout.from_json(cond) if cond else None)
-
-
-@register_method("vae", amortized=True, loader=VAEPosterior.from_saved)
-def vae(
-    problem: Problem,
-    *,
-    target: tuple[str, ...],
-    seed: int | None = 0,
-    progress: bool | None = None,
-    num_simulations: int | None = None,
-    data: Any = None,
-    latent_dim: int | None = None,
-    hidden: Sequence[int] = (128, 128),
-    regressor_hidden: Sequence[int] = (128, 128),
-    embedding: str | None = None,
-    embed_dim: int = 32,
-    beta: float = 0.1,
-    normalization: str = "standard",
-    transforms: Mapping[str, Any] | None = None,
-    batch_size: int = 256,
-    max_epochs: int = 200,
-    max_steps: int | None = None,
-    lr: float = 1e-3,
-    patience: int | None = 20,
-    ema_decay: float | None = 0.999,
-    train_options: Mapping[str, Any] | None = None,
-    checkpoint: str | None = None,
-    resume: bool = False,
-    device: str | None = "auto",
-) -> VAEPosterior:
-    r"""Fits the two-stage conditional VAE (stage 1: VAE on targets; stage 2: f(y) → z).
-
-    Arguments:
-        problem: The traced problem.
-        target: The target sites.
-        seed: Seed of the simulations, the initial weights and the training.
-        progress: Show progress bars.
-        num_simulations: Simulate this many joint draws (or give ``data=``).
-        data: A dataset from :func:`bayesinv.simulate`, its zarr path, or a dict of arrays.
-        latent_dim: The latent size k (default ``min(D, 32)``).
-        hidden: Encoder hidden sizes (the decoder mirrors them).
-        regressor_hidden: Hidden sizes of the regression network f.
-        embedding: ``None``, ``"mlp"`` or ``"cnn"``: an embedding of y inside f.
-        embed_dim: The embedding size.
-        beta: Weight of the KL term of stage 1. With the squared error as reconstruction
-            term this is a Gaussian decoder of variance β/2 in normalised units: β = 1
-            (the textbook VAE) shrinks low-dimensional targets strongly towards their
-            mean; the default 0.1 keeps the reconstruction close to the target.
-        normalization: ``"standard"`` (default), ``"minmax"`` or ``"none"``.
-        transforms: Site → ``"log"``/``"log10"`` transform of the target.
-        batch_size, max_epochs, max_steps, lr, patience, ema_decay: Settings of each
-            stage's training (EMA weights are kept).
-        train_options: Further :class:`bayesinv.training.TrainConfig` fields.
-        checkpoint: Path prefix of training checkpoints (``.stage1``, ``.stage2``);
-            ``resume=True`` continues from them.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-
-    Returns:
-        A :class:`VAEPosterior`.
-    """
-    t0 = time.perf_counter()
-    prep = prepare(
-        problem, target, num_simulations=num_simulations, data=data, seed=seed, progress=progress,
-        normalization=normalization, transforms=transforms,
-    )  # fmt: skip
-    t_layout, c_layout = prep["target"], prep["condition"]
-    k = int(latent_dim) if latent_dim is not None else min(t_layout.dim, 32)
-    arch = dict(
-        x_dim=t_layout.dim, c_dim=c_layout.dim, latent_dim=k, hidden=[int(h) for h in hidden],
-        regressor_hidden=[int(h) for h in regressor_hidden], embedding=embedding, embed_dim=int(embed_dim),
-    )  # fmt: skip
-    config = {"architecture": arch, "condition_layout": c_layout.to_json(), "beta": float(beta), "normalization": normalization}
-    dev = resolve_device(device)
-    s = 0 if seed is None else int(seed)
-    cfg = train_config(
-        s, progress, dev, train_options, batch_size=batch_size, max_epochs=max_epochs, max_steps=max_steps, lr=lr,
-        patience=patience, ema_decay=ema_decay,
-    )  # fmt: skip
-    ckpt = (None, None) if checkpoint is None else (f"{checkpoint}.stage1", f"{checkpoint}.stage2")
-    x, c = prep["x"], prep["c"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(s)
-        net = VAEPosterior.build_net(config)
-        # stage 1: the VAE on targets alone
-        stage1 = train(lambda m, xb: m(xb), _Stage1(net, float(beta)), (x,), config=cfg, checkpoint_path=ckpt[0], resume=resume)
-        _Stage1(net, float(beta)).load_state_dict((stage1.model if stage1.ema_model is None else stage1.ema_model).state_dict())
-        net.encoder.requires_grad_(False)
-        # stage 2: f(y) regressed onto sampled latent codes of the frozen encoder
-        stage2 = train(lambda m, xb, cb: m(xb, cb), _Stage2(net), (x, c), config=cfg, checkpoint_path=ckpt[1], resume=resume)
-        net.regressor.load_state_dict((stage2.model if stage2.ema_model is None else stage2.ema_model).regressor.state_dict())
-        net.requires_grad_(True)
-        # the latent spread: RMS of the residuals z − f(y) on the pairs held out by stage 2
-        n_val = max(1, int(round(len(x) * cfg.val_fraction)))
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[:n_val]
-        with torch.no_grad():
-            net.to(dev)
-            xv, cv = x[perm].to(dev), c[perm].to(dev)
-            resid = net.encode_sample(xv) - net.regress(cv)
-            net.z_spread.copy_(resid.square().mean(0).sqrt())
-    info = {
-        "num_simulations": prep["num_simulations"],
-        "fit_time_s": time.perf_counter() - t0,
-        "train_time_s": stage1.wall_time + stage2.wall_time,
-        "steps": [stage1.steps, stage2.steps],
-        "best_val_loss": [stage1.best_val, stage2.best_val],
-        "latent_spread": net.z_spread.cpu().tolist(),
-    }
-    return VAEPosterior(
-        net, target=t_layout, condition=c_layout, x_norm=prep["x_norm"], c_norm=prep["c_norm"],
-        transforms=transforms, observed=prep["observed"], obs_keys=prep["obs_keys"], config=config, info=info,
-        device=dev,
-    )  # fmt: skip
+VAE = register_amortized(AmortizedMethod(
+    name="vae", config=VAEConfig, sampler_config=VAESampler, build=build, rebuild=rebuild, loss=None, sample=sample,
+    train=train, posterior=VAEPosterior,
+    no_density=(
+        "method 'vae' has no density (its draws are decoded latent perturbations), so it cannot be scored"
+        " or used as an importance-sampling proposal; use method='flow' for a proposal"
+    ),
+    saved_keys=("architecture", "condition_layout"),
+))  # fmt: skip

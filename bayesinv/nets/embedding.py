@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["time_embedding", "NoiseEmbedding", "MLPEmbedding", "CNNEmbedding"]
+__all__ = ["time_embedding", "NoiseEmbedding", "MLPEmbedding", "CNNEmbedding", "mlp", "observation_embedding"]
 
 
 def time_embedding(t: Tensor) -> Tensor:
@@ -163,3 +163,42 @@ class CNNEmbedding(nn.Module):
         batch = y.shape[:-3]
         h = self.head(self.conv(y.reshape(-1, *y.shape[-3:])))
         return h.reshape(*batch, self.out_dim)
+
+
+def mlp(dims: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    r"""A plain MLP through the sizes ``dims`` (``activation`` between layers, none after the last)."""
+    return _mlp(dims, activation)
+
+
+def observation_embedding(kind: str | None, condition, dim: int, hidden: Sequence[int]) -> nn.Module | None:
+    r"""The observation embedding of the flow and the VAE.
+
+    Arguments:
+        kind: ``None``/``"none"``, ``"mlp"``, ``"cnn"`` (one site of shape ``(H, W)`` or
+            ``(C, H, W)``) or ``"auto"`` (``"cnn"`` for one such site, else none).
+        condition: The condition :class:`~bayesinv.amortized.layout.Layout`.
+        dim: The embedding size.
+        hidden: Hidden sizes of the MLP embedding.
+
+    Returns:
+        The module, or ``None`` for no embedding.
+    """
+    from bayesinv.errors import ProblemError
+
+    image = len(condition.names) == 1 and len(condition.shapes[0]) in (2, 3)
+    if kind == "auto":
+        kind = "cnn" if image else None
+    if kind in (None, "none"):
+        return None
+    if kind == "mlp":
+        return MLPEmbedding(condition.dim, dim, hidden=tuple(hidden))
+    if kind == "cnn":
+        if not image:
+            raise ProblemError(
+                f"embedding='cnn' needs one observed site of shape (H, W) or (C, H, W); got"
+                f" {dict(zip(condition.names, condition.shapes))}"
+            )
+        shape = condition.shapes[0]
+        shape = (1, *shape) if len(shape) == 2 else shape
+        return nn.Sequential(nn.Unflatten(-1, shape), CNNEmbedding(shape, dim))
+    raise ProblemError(f"embedding must be None, 'auto', 'mlp' or 'cnn', got {kind!r}")

@@ -1,0 +1,155 @@
+r"""The fit of every learned method: options → pairs → seeded network → shared loop → posterior.
+
+:func:`fit_posterior` validates every option (names and values) before any simulation,
+prepares the pairs (:func:`~bayesinv.amortized.pairs.prepare_pairs`), builds the network
+inside a seeded block (the method's named builder, or ``build=``), trains it with the one
+loop (:func:`~bayesinv.amortized.training.train`, with a checkpoint fingerprint) and
+returns the posterior with the info record whose keys are :data:`INFO_KEYS` for every method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import torch
+
+from bayesinv._checks import check_count, check_seed
+from bayesinv.amortized.layout import check_transforms, resolve_device
+from bayesinv.amortized.method import AmortizedMethod, make_config, to_json
+from bayesinv.amortized.pairs import Pairs, prepare_pairs
+from bayesinv.amortized.training import RESUMABLE, TrainResult, check_checkpoint_options, train
+from bayesinv.errors import OptionError
+from bayesinv.problem import Problem
+
+__all__ = ["INFO_KEYS", "check_fit_options", "fit_posterior", "seeded_rng", "info_record"]
+
+#: The keys of ``post.info``, the same for every learned method.
+INFO_KEYS = ("num_simulations", "num_train_pairs", "seed", "fit_time_s", "train_time_s", "train_steps", "best_val_loss",
+             "final_train_loss", "stopped_early")  # fmt: skip
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    r"""torch's global RNG seeded with ``seed`` inside the block and restored after it."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_fit_options(method: AmortizedMethod, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    r"""Validates the fit options of ``method`` (names and values) without doing any work.
+
+    Arguments:
+        method: The method.
+        options: Keyword options of ``fit`` (config fields, common options, method extras).
+
+    Returns:
+        The config and the common options (defaults filled in).
+    """
+    options = dict(options)
+    common = {k: options.pop(k, None) for k in ("num_simulations", "data", "transforms", "condition", "checkpoint", "build")}
+    common["resume"] = options.pop("resume", False)
+    common["device"] = options.pop("device", "auto")
+    extras = {k: options.pop(k) for k in method.fit_extras if k in options}
+    cfg = make_config(method, options.pop("config", None), options)
+    if common["num_simulations"] is not None:
+        common["num_simulations"] = check_count("num_simulations", common["num_simulations"], minimum=10, error=OptionError)
+    elif common["data"] is None:
+        raise OptionError("give num_simulations= (simulate now) or data= (a dataset from bayesinv.simulate)")
+    common["transforms"] = check_transforms(common["transforms"])
+    check_checkpoint_options(common["checkpoint"], common["resume"])
+    if common["build"] is not None and not callable(common["build"]):
+        raise OptionError(f"build must be a callable build(cfg, pairs) -> nn.Module, got {common['build']!r}")
+    common["device"] = resolve_device(common["device"])
+    return cfg, {**common, "extras": extras}
+
+
+def info_record(pairs: Pairs, seed: int, t0: float, results: list[TrainResult], extra: dict | None = None) -> dict[str, Any]:
+    r"""The info record: :data:`INFO_KEYS` (``best_val_loss`` ``None`` without validation, never NaN) and method extras."""
+    last = results[-1]
+    best = last.best_val
+    info = {
+        "num_simulations": int(pairs.num_simulations),
+        "num_train_pairs": int(len(pairs.x)),
+        "seed": int(seed),
+        "fit_time_s": time.perf_counter() - t0,
+        "train_time_s": float(sum(r.wall_time for r in results)),
+        "train_steps": int(sum(r.steps for r in results)),
+        "best_val_loss": None if best is None or not math.isfinite(best) else float(best),
+        "final_train_loss": last.history["train_loss"][-1] if last.history["train_loss"] else None,
+        "stopped_early": any(bool(r.stopped_early) for r in results),
+    }
+    info.update(extra or {})
+    return info
+
+
+def fit_posterior(
+    problem: Problem,
+    method: AmortizedMethod,
+    *,
+    target: tuple[str, ...],
+    seed: int | None = 0,
+    progress: bool | None = None,
+    **options: Any,
+):
+    r"""Fits the learned posterior of ``method`` on simulated (or given) pairs.
+
+    Arguments:
+        problem: The traced problem.
+        method: The method record.
+        target: The target sites.
+        seed: Seed of the simulations, the initial weights and the training (``None``: fresh, recorded in ``info``).
+        progress: Show progress bars (``None``: on a terminal).
+        options: Fields of the method's config, ``config=`` (dataclass or dict), and
+            ``num_simulations``, ``data``, ``transforms``, ``condition``, ``checkpoint``,
+            ``resume``, ``device``, ``build``.
+
+    Returns:
+        The posterior (``method.posterior`` or :class:`~bayesinv.amortized.posterior.AmortizedPosterior`).
+    """
+    from bayesinv.amortized.posterior import AmortizedPosterior
+
+    t0 = time.perf_counter()
+    seed = check_seed(seed)
+    cfg, common = check_fit_options(method, options)
+    dev = common["device"]
+    pairs = prepare_pairs(
+        problem, tuple(target), common["condition"], normalization=cfg.normalization, transforms=common["transforms"],
+        num_simulations=common["num_simulations"], data=common["data"], seed=seed, progress=progress,
+        conditional=method.conditional,
+    )  # fmt: skip
+    check_transforms(common["transforms"], pairs.target.names)
+    tcfg = cfg.train_config(seed=seed, device=dev, progress=progress)
+    fingerprint = {
+        "method": method.name, "config": {k: v for k, v in to_json(cfg).items() if k not in RESUMABLE}, "seed": seed, "data": pairs.digest(),
+        "num_train_pairs": int(len(pairs.x)), "target": pairs.target.to_json(), "condition": pairs.condition.to_json(),
+    }  # fmt: skip
+
+    def run(loss_fn: Callable, module: torch.nn.Module, data: tuple, suffix: str = "") -> TrainResult:
+        path = None if common["checkpoint"] is None else os.fspath(common["checkpoint"]) + suffix
+        return train(loss_fn, module, data, config=tcfg, checkpoint_path=path, resume=common["resume"],
+                     fingerprint={**fingerprint, "stage": suffix})  # fmt: skip
+
+    with seeded_rng(seed, dev):
+        net, settings = method.build(cfg, pairs, seed)
+        if common["build"] is not None:
+            net = common["build"](cfg, pairs)
+            if not isinstance(net, torch.nn.Module):
+                raise OptionError(f"build= returned {type(net).__name__}, not a torch.nn.Module")
+        net = net.to(dev)
+        if method.train is not None:
+            net, results, extra = method.train(net, pairs, cfg, settings, run, seed)
+        else:
+            result = run(method.loss(cfg, net, settings), net, (pairs.x, pairs.c))
+            net, results, extra = (result.ema_model if result.ema_model is not None else result.model), [result], {}
+    cls = method.posterior or AmortizedPosterior
+    return cls(
+        method, net, target=pairs.target, condition=pairs.condition, x_norm=pairs.x_norm, c_norm=pairs.c_norm,
+        transforms=common["transforms"], observed=pairs.observed, obs_keys=pairs.obs_keys, config=settings,
+        info=info_record(pairs, seed, t0, results, extra), device=dev, saveable=common["build"] is None,
+        **common["extras"],
+    )  # fmt: skip

@@ -1,0 +1,314 @@
+r"""What a learned method supplies to the amortized layer, and how its options are read.
+
+A method is an :class:`AmortizedMethod` record registered by name with
+:func:`register_amortized`: a frozen config dataclass (network and training options,
+with the training fields of :class:`TrainOptions`), a network builder, its loss and its
+sampler with a frozen sampler-config dataclass (and optionally a density). Everything else
+— training pairs, seeding, the training loop, the info record, the posterior object,
+save/load and option validation — is the layer's.
+
+Options are set one way for every method: ``fit(model, method=M, **options)`` where the
+options are the fields of M's config plus :data:`COMMON_FIT_OPTIONS`, or ``config=`` as the
+dataclass or a dict (keywords override it). :func:`split_options` splits the options of
+``infer`` into fit and sample options by the two dataclasses' field names; a name of both
+(``sampler``, ``t_min``, ...) goes to both.
+
+Example:
+    >>> cfg = make_config(get_amortized("flow"), {"hidden": [32, 32]}, {"max_epochs": 5})
+    >>> cfg.hidden, cfg.max_epochs
+    ((32, 32), 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from bayesinv.errors import OptionError
+
+__all__ = [
+    "AmortizedMethod",
+    "TrainOptions",
+    "COMMON_FIT_OPTIONS",
+    "register_amortized",
+    "get_amortized",
+    "make_config",
+    "make_sampler_config",
+    "split_options",
+    "to_json",
+    "check_int",
+    "check_float",
+    "check_choice",
+]
+
+#: Options of every learned method's fit besides its config fields.
+COMMON_FIT_OPTIONS = ("num_simulations", "data", "transforms", "condition", "checkpoint", "resume", "device", "build", "config")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_int(cfg: Any, name: str, *, minimum: int = 1, none: bool = False) -> None:
+    r"""Refuses a field of ``cfg`` that is not an integer ``>= minimum`` (or ``None`` when allowed)."""
+    v = getattr(cfg, name)
+    if v is None and none:
+        return
+    if not _is_int(v) or v < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if none else "")
+        raise OptionError(f"{type(cfg).__name__}: option {name}={v!r} is not allowed; it must be {allowed}")
+
+
+def check_float(cfg: Any, name: str, *, low: float | None = None, high: float | None = None, none: bool = False,
+                open_low: bool = False) -> None:  # fmt: skip
+    r"""Refuses a field of ``cfg`` that is not a finite number in ``[low, high]`` (``(low, high]`` when ``open_low``)."""
+    v = getattr(cfg, name)
+    if v is None and none:
+        return
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    ok = ok and (low is None or (v > low if open_low else v >= low)) and (high is None or v <= high)
+    if not ok:
+        lo = "" if low is None else f"{'>' if open_low else '>='} {low}"
+        hi = "" if high is None else f"<= {high}"
+        rule = " and ".join(p for p in (lo, hi) if p) or "finite"
+        raise OptionError(f"{type(cfg).__name__}: option {name}={v!r} is not allowed; it must be a number {rule}" + (" or None" if none else ""))
+
+
+def check_choice(cfg: Any, name: str, choices: tuple) -> None:
+    r"""Refuses a field of ``cfg`` that is not one of ``choices``."""
+    v = getattr(cfg, name)
+    if v not in choices:
+        raise OptionError(f"{type(cfg).__name__}: option {name}={v!r} is not allowed; it must be one of {list(choices)}")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    r"""The training options every learned method's config has (see :class:`~bayesinv.amortized.training.TrainConfig`).
+
+    Arguments:
+        max_epochs: Passes over the training pairs (``None``: no limit, then ``max_steps`` decides).
+        max_steps: Optimiser steps; overrides ``max_epochs``.
+        batch_size: The mini-batch size.
+        lr: The learning rate.
+        lr_schedule: ``None`` (constant) or ``"cosine"``.
+        patience: Evaluations without improvement before stopping (``None``: never).
+        ema_decay: EMA momentum of the weights (``None``: no EMA).
+        val_fraction: Share of the pairs held out for validation.
+        grad_clip: Maximal gradient norm (``None``: no clipping).
+        weight_decay: Weight decay of Adam.
+        normalization: ``"minmax"``, ``"standard"`` or ``"none"`` of targets and observations.
+    """
+
+    max_epochs: int | None = 200
+    max_steps: int | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str | None = None
+    patience: int | None = 20
+    ema_decay: float | None = 0.999
+    val_fraction: float = 0.1
+    grad_clip: float | None = None
+    weight_decay: float = 0.0
+    normalization: str = "standard"
+
+    def check_training(self) -> None:
+        r"""Validates the training fields (called by each config's ``__post_init__``)."""
+        if self.max_epochs is None and self.max_steps is None:
+            raise OptionError(f"{type(self).__name__}: give max_epochs or max_steps (both are None)")
+        check_int(self, "max_epochs", none=True)
+        check_int(self, "max_steps", none=True)
+        check_int(self, "batch_size")
+        check_float(self, "lr", low=0.0, open_low=True)
+        check_choice(self, "lr_schedule", (None, "cosine"))
+        check_int(self, "patience", minimum=0, none=True)
+        check_float(self, "ema_decay", low=0.0, high=1.0, none=True, open_low=True)
+        check_float(self, "val_fraction", low=0.0, high=0.9)
+        check_float(self, "grad_clip", low=0.0, open_low=True, none=True)
+        check_float(self, "weight_decay", low=0.0)
+        check_choice(self, "normalization", ("minmax", "standard", "none"))
+
+    def train_config(self, *, seed: int, device: Any, progress: bool | None):
+        r"""The :class:`~bayesinv.amortized.training.TrainConfig` of these options."""
+        from bayesinv.amortized.training import TrainConfig
+
+        names = ("max_epochs", "max_steps", "batch_size", "lr", "lr_schedule", "patience", "ema_decay",
+                 "val_fraction", "grad_clip", "weight_decay")  # fmt: skip
+        return TrainConfig(**{k: getattr(self, k) for k in names}, seed=seed, device=str(device), progress=progress)
+
+
+def to_json(cfg: Any) -> dict[str, Any]:
+    r"""A config dataclass as a JSON-able dict (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+@dataclass(frozen=True)
+class AmortizedMethod:
+    r"""A learned method, as the amortized layer needs it.
+
+    Arguments:
+        name: The ``method=`` name.
+        config: Frozen config dataclass (fields: network and training options).
+        sampler_config: Frozen dataclass of the sampling options (fields default to ``None``
+            = the posterior's default).
+        build: ``build(cfg, pairs, seed) -> (net, settings)``: the named network of the config and
+            the JSON-able settings saved with it (built inside the seeded block).
+        rebuild: ``rebuild(settings) -> net``: the network of a saved posterior.
+        loss: ``loss(cfg, net, settings) -> loss_fn(module, x, c)``.
+        sample: ``sample(post, c, n, generator, scfg) -> (x (B, n, D), stats)``.
+        log_prob: ``log_prob(post, x, c) -> (N,)`` on normalised flat tensors, or ``None``.
+        train: Optional ``train(net, pairs, cfg, settings, run, seed) -> (net, results, extra_info)`` for
+            a method that trains in stages; ``run(loss_fn, module, data, suffix)`` is the shared loop.
+        check_sample: Optional ``check_sample(settings, scfg, given)`` refusing sampling
+            options that do not fit the fitted settings (``given``: the names passed).
+        conditional: ``False`` for a method that learns the target alone (its network never sees y).
+        posterior: The posterior class (:class:`~bayesinv.amortized.posterior.AmortizedPosterior`
+            or a small subclass with method-specific helpers).
+        fit_extras: Names of fit options that are neither config fields nor saved
+            (e.g. csd_star's ``solver``); passed to the posterior's constructor.
+        no_density: The message of ``log_prob`` for a method without a density.
+        saved_keys: Keys the saved settings must have (checked by :func:`bayesinv.load`).
+    """
+
+    name: str
+    config: type
+    sampler_config: type
+    build: Callable
+    rebuild: Callable
+    loss: Callable
+    sample: Callable
+    log_prob: Callable | None = None
+    train: Callable | None = None
+    check_sample: Callable | None = None
+    conditional: bool = True
+    posterior: type | None = None
+    fit_extras: tuple[str, ...] = ()
+    no_density: str = ""
+    saved_keys: tuple[str, ...] = ()
+
+    @property
+    def config_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.config))
+
+    @property
+    def sample_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.sampler_config))
+
+    @property
+    def fit_options(self) -> tuple[str, ...]:
+        return (*COMMON_FIT_OPTIONS, *self.fit_extras, *self.config_fields)
+
+
+_AMORTIZED: dict[str, AmortizedMethod] = {}
+
+
+def register_amortized(method: AmortizedMethod) -> AmortizedMethod:
+    r"""Registers ``method`` under its name (in :mod:`bayesinv.registry` too, so ``fit``/``infer``/``load`` find it).
+
+    Arguments:
+        method: The method record.
+
+    Returns:
+        ``method``.
+    """
+    from bayesinv.amortized.files import load_posterior
+    from bayesinv.amortized.fit import fit_posterior
+    from bayesinv.registry import register_method
+
+    _AMORTIZED[method.name] = method
+
+    def fit_fn(problem, **options):
+        return fit_posterior(problem, method, **options)
+
+    fit_fn.__doc__ = f"Fits a {method.name!r} posterior (options: the fields of {method.config.__name__})."
+    register_method(method.name, amortized=True, loader=load_posterior, overwrite=True, amortized_method=method)(fit_fn)
+    return method
+
+
+def get_amortized(name: str) -> AmortizedMethod:
+    r"""The learned method registered as ``name``."""
+    if name not in _AMORTIZED:
+        from bayesinv.registry import get_method
+
+        get_method(name)  # imports the built-in methods
+    if name not in _AMORTIZED:
+        raise OptionError(f"{name!r} is not a learned method of the amortized layer; these are: {sorted(_AMORTIZED)}")
+    return _AMORTIZED[name]
+
+
+def _coerce(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, list) and "tuple" in str(fields[k].type):
+            v = tuple(v)
+        out[k] = v
+    return out
+
+
+def _unknown(kind: str, method: str, names: list[str], allowed: tuple[str, ...]) -> OptionError:
+    return OptionError(f"method {method!r} has no {kind} option(s) {names}; its {kind} options are {sorted(set(allowed))}")
+
+
+def make_config(method: AmortizedMethod, config: Any, overrides: Mapping[str, Any]) -> Any:
+    r"""The method's config: ``config`` (dataclass, dict or ``None``) with keyword ``overrides``, validated.
+
+    Arguments:
+        method: The method.
+        config: A ``method.config`` instance, a dict of its fields, or ``None`` (defaults).
+        overrides: Config fields given as keywords.
+
+    Returns:
+        A frozen ``method.config``.
+    """
+    fields = method.config_fields
+    if config is None:
+        base: dict[str, Any] = {}
+    elif isinstance(config, method.config):
+        base = {f: getattr(config, f) for f in fields}
+    elif isinstance(config, Mapping):
+        bad = sorted(k for k in config if k not in fields)
+        if bad:
+            raise _unknown("config", method.name, bad, fields)
+        base = dict(config)
+    else:
+        raise OptionError(
+            f"config= of method {method.name!r} must be a {method.config.__name__} or a dict of its fields, got {type(config).__name__}"
+        )
+    bad = sorted(k for k in overrides if k not in fields)
+    if bad:
+        raise _unknown("fit", method.name, bad, method.fit_options)
+    try:
+        return method.config(**_coerce(method.config, {**base, **overrides}))
+    except TypeError as exc:
+        raise OptionError(f"{method.config.__name__}: {exc}") from exc
+
+
+def make_sampler_config(method: AmortizedMethod, options: Mapping[str, Any]) -> Any:
+    r"""The method's sampler config from keyword ``options`` (unknown names refused, values validated)."""
+    fields = method.sample_fields
+    bad = sorted(k for k in options if k not in fields)
+    if bad:
+        raise _unknown("sampling", method.name, bad, fields)
+    return method.sampler_config(**_coerce(method.sampler_config, options))
+
+
+def split_options(method: AmortizedMethod, options: Mapping[str, Any]) -> tuple[dict, dict]:
+    r"""Splits ``infer`` options into fit options and sampling options by field names (a shared name goes to both).
+
+    Arguments:
+        method: The method.
+        options: The keyword options of ``infer``.
+
+    Returns:
+        ``(fit_options, sample_options)``.
+    """
+    fit_names, sample_names = set(method.fit_options), set(method.sample_fields)
+    bad = sorted(k for k in options if k not in fit_names and k not in sample_names)
+    if bad:
+        raise OptionError(
+            f"method {method.name!r} has no option(s) {bad}; its fit options are {sorted(fit_names)} and its sampling"
+            f" options are {sorted(sample_names)}"
+        )
+    return ({k: v for k, v in options.items() if k in fit_names}, {k: v for k, v in options.items() if k in sample_names})

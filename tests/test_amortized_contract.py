@@ -1,0 +1,247 @@
+r"""The contract every learned method keeps, on the one amortized layer.
+
+Parametrised over cond_score, flow, vae and csd_star: shapes and batches of observations,
+seeds (the same seed gives the same draws, also after save/load), the InferenceData layout,
+the info record, option handling (keywords, ``config=`` as a dataclass or a dict, bad names
+and values refused before any simulation), observations with ``requires_grad`` and devices.
+Tiny networks and few steps: the whole file runs in well under a minute on one core.
+"""
+
+import logging
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import bayesinv
+from bayesinv.amortized import INFO_KEYS, get_amortized
+from bayesinv.errors import OptionError
+from bayesinv.models.toy import LinearGaussian
+
+LG = LinearGaussian(dim=2, noise=0.5, seed=0)
+SIZE = 8
+PATTERN = torch.linspace(0.5, 1.5, SIZE)[:, None] * torch.ones(SIZE)
+CALLS = {"n": 0}
+
+
+def field_model(y=None):
+    a = pyro.sample("a", dist.Uniform(0.5, 1.5))
+    field = pyro.deterministic("field", a * PATTERN)
+    return pyro.sample("y", dist.Normal(field.mean() * torch.ones(3), 0.01).to_event(1), obs=y)
+
+
+def counting_model(y=None):
+    CALLS["n"] += 1  # counts every run of the model: tracing, simulation
+    return LG.model(y)
+
+
+#: method -> (model, target, fit options, sample options, observation shape, target name, target shape)
+CASES = {
+    "cond_score": (LG.model, None, dict(hidden=(16,), max_epochs=None, max_steps=20), dict(sampler="sde", steps=5), (2,), "theta", (2,)),
+    "flow": (LG.model, None, dict(hidden=(8,), num_transforms=1, max_epochs=None, max_steps=20), {}, (2,), "theta", (2,)),
+    "vae": (LG.model, None, dict(hidden=(8,), regressor_hidden=(8,), max_epochs=None, max_steps=20), {}, (2,), "theta", (2,)),
+    "csd_star": (field_model, "field", dict(base_channels=4, channel_mults=(1,), steps=10, insert_step=4, max_epochs=None, max_steps=5),
+                 {}, (3,), "field", (SIZE, SIZE)),
+}  # fmt: skip
+METHODS = list(CASES)
+
+
+def sample_options(method, y):
+    opts = dict(CASES[method][3])
+    if method == "csd_star":  # CSD* starts from a reconstruction: give it directly
+        y = np.asarray(y)
+        opts["start"] = y[..., :1, None] * PATTERN.numpy()
+    return opts
+
+
+def observation(method, *batch, seed=0):
+    shape = CASES[method][4]
+    gen = np.random.default_rng(seed)
+    return (1.0 + 0.1 * gen.standard_normal((*batch, *shape))).astype(np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def posts():
+    out = {}
+    for method, (model, target, fit_opts, *_rest) in CASES.items():
+        out[method] = bayesinv.fit(model, method=method, target=target, num_simulations=200, seed=0, progress=False,
+                                   device="cpu", **fit_opts)  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shapes_and_batches(method, posts):
+    post, name, shape = posts[method], CASES[method][5], CASES[method][6]
+    y = observation(method)
+    assert post.sample(y, 5, seed=0, **sample_options(method, y))[name].shape == (5, *shape)
+    ys = observation(method, 2, 3)
+    draws = post.sample(ys, 4, seed=0, **sample_options(method, ys))[name]
+    assert draws.shape == (2, 3, 4, *shape) and torch.isfinite(draws).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_seeds_and_save_load(method, posts, tmp_path):
+    post, name = posts[method], CASES[method][5]
+    y = observation(method, 2)
+    opts = sample_options(method, y)
+    a = post.sample(y, 6, seed=3, **opts)[name]
+    assert torch.equal(a, post.sample(y, 6, seed=3, **opts)[name])
+    assert not torch.equal(a, post.sample(y, 6, seed=4, **opts)[name])
+    loaded = bayesinv.load(post.save(tmp_path / f"{method}.bayesinv"))
+    assert type(loaded) is type(post) and loaded.method == method and loaded.config == post.config
+    assert torch.equal(a, loaded.sample(y, 6, seed=3, **opts)[name])
+    with pytest.raises(bayesinv.ProblemError, match="seed"):
+        post.sample(y, 2, seed=-1, **opts)
+    with pytest.raises(bayesinv.ProblemError, match="seed"):
+        post.sample(y, 2, seed=1.5, **opts)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inference_data_layout_and_info(method, posts):
+    post, name, shape = posts[method], CASES[method][5], CASES[method][6]
+    y = observation(method)
+    idata = post.infer(y, num_samples=7, seed=5, **sample_options(method, y))
+    var = idata.posterior[name]
+    assert var.dims[:2] == ("chain", "draw") and var.shape == (1, 7, *shape)
+    assert idata.observed_data["y"].shape == CASES[method][4]
+    assert "sample_stats" in idata.groups()
+    assert idata.posterior.attrs["method"] == method and idata.posterior.attrs["seed"] == 5
+    assert idata.posterior.attrs["num_simulations"] == 200
+    batch = post.infer(observation(method, 2), num_samples=3, seed=5, **sample_options(method, observation(method, 2)))
+    assert isinstance(batch, list) and len(batch) == 2
+    assert set(INFO_KEYS) <= set(post.info)
+    best = post.info["best_val_loss"]
+    assert best is None or np.isfinite(best)
+    assert post.info["train_steps"] >= 5 and post.info["seed"] == 0 and post.info["num_train_pairs"] == 200
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_observation_with_requires_grad(method, posts):
+    post, name = posts[method], CASES[method][5]
+    y = observation(method)
+    opts = sample_options(method, y)
+    draws = post.sample(torch.tensor(y, requires_grad=True), 3, seed=0, **opts)[name]
+    assert torch.equal(draws, post.sample(y, 3, seed=0, **opts)[name])
+    with pytest.raises(bayesinv.ProblemError, match="complex"):
+        post.sample(y.astype(np.complex64), 3, **opts)
+    with pytest.raises(bayesinv.ProblemError, match="None"):
+        post.sample(None, 3, **opts)
+
+
+@pytest.mark.parametrize("method", ["cond_score", "flow", "vae"])
+def test_bad_options_are_refused_before_any_simulation(method):
+    fit_opts = CASES[method][2]
+    samplr = {"samplr": "sde"}
+    bad = [
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, bogus=1),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, max_epochs=0),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, max_epochs=None, max_steps=0),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, lr=-1.0),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, config={"bogus": 1}),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=2.5),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, resume=True),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, checkpoint="/no/such/folder/ck.pt"),
+        lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, seed="abc"),
+        lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, **samplr, **fit_opts),
+        lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, num_samples=0),
+    ]
+    if method == "cond_score":
+        bad += [
+            lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, sampler="langevin"),
+            lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, sampler="ode", steps=5),
+            lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, rtol=-1.0),
+        ]
+    if method == "vae":
+        bad.append(lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, spread=-1.0))
+    for call in bad:
+        CALLS["n"] = 0
+        with pytest.raises(bayesinv.ProblemError) as info:
+            call()
+        assert CALLS["n"] == 0, f"the model ran before {info.value!r} was raised"
+    with pytest.raises(OptionError, match="samplr.*sampling options are"):
+        bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, **samplr)
+
+
+@pytest.mark.parametrize("method", ["cond_score", "flow", "vae"])
+def test_one_way_to_set_options(method):
+    spec = get_amortized(method)
+    field = {"cond_score": "hidden", "flow": "hidden", "vae": "hidden"}[method]
+    common = dict(num_simulations=100, seed=0, progress=False, max_epochs=None, max_steps=3)
+    by_keyword = bayesinv.fit(LG.model, method=method, **{field: (8,)}, **common)
+    by_dict = bayesinv.fit(LG.model, method=method, config={field: [8]}, **common)
+    by_class = bayesinv.fit(LG.model, method=method, config=spec.config(**{field: (8,)}, max_epochs=None, max_steps=3),
+                            num_simulations=100, seed=0, progress=False)  # fmt: skip
+    y = observation(method)
+    ref = by_keyword.sample(y, 4, seed=0)["theta"]
+    assert torch.equal(ref, by_dict.sample(y, 4, seed=0)["theta"]) and torch.equal(ref, by_class.sample(y, 4, seed=0)["theta"])
+    # a keyword overrides the config
+    over = bayesinv.fit(LG.model, method=method, config={field: [8], "normalization": "minmax"}, normalization="none", **common)
+    assert over.config["normalization"] == "none"
+    with pytest.raises(OptionError, match="has no fit option"):
+        bayesinv.fit(LG.model, method=method, num_simulations=100, base_chanels=4)
+
+
+def test_cond_score_keywords_override_its_config_fields():
+    post = bayesinv.fit(LG.model, method="cond_score", num_simulations=100, hidden=(8,), max_epochs=None, max_steps=2,
+                        embed_dim=16, progress=False)  # fmt: skip
+    assert post.config["embed_dim"] == 16 and post.config["hidden"] == [8]
+
+
+def test_fit_reports_the_estimated_training_time(caplog):
+    with caplog.at_level(logging.INFO, logger="bayesinv"):
+        bayesinv.fit(LG.model, method="flow", num_simulations=100, hidden=(8,), max_epochs=None, max_steps=30, progress=False)
+    assert any("training: 20 steps to go" in r.getMessage() and "more (estimated after 10 steps)" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+def test_none_seed_is_fresh_and_recorded(posts):
+    post = posts["flow"]
+    y = observation("flow")
+    a, b = post.infer(y, num_samples=4, seed=None), post.infer(y, num_samples=4, seed=None)
+    assert a.posterior.attrs["seed"] != b.posterior.attrs["seed"]
+    again = post.infer(y, num_samples=4, seed=a.posterior.attrs["seed"])
+    np.testing.assert_array_equal(again.posterior["theta"].values, a.posterior["theta"].values)
+
+
+def test_injected_network_with_build():
+    from bayesinv.methods.flow import ConditionalFlow
+
+    built = []
+
+    def build(cfg, pairs):
+        built.append((pairs.target.dim, pairs.condition.dim))
+        return ConditionalFlow(pairs.target.dim, pairs.condition.dim, flow="maf", num_transforms=1, hidden=(4,))
+
+    post = bayesinv.fit(LG.model, method="flow", num_simulations=100, max_epochs=None, max_steps=3, build=build, progress=False)
+    assert built == [(2, 2)] and post.sample(observation("flow"), 3, seed=0)["theta"].shape == (3, 2)
+    with pytest.raises(bayesinv.ProblemError, match="build="):
+        post.save("never-written.bayesinv")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cpu_device(method, posts):
+    post = posts[method]
+    assert post.device.type == "cpu" and all(p.device.type == "cpu" for p in post.net.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_device(method, posts, tmp_path):
+    model, target, fit_opts, _, _, name, shape = CASES[method]
+    post = bayesinv.fit(model, method=method, target=target, num_simulations=200, seed=0, device="cuda", progress=False, **fit_opts)
+    assert next(post.net.parameters()).device.type == "cuda"
+    y = observation(method, 2)
+    draws = post.sample(y, 3, seed=0, **sample_options(method, y))[name]
+    assert draws.shape == (2, 3, *shape) and draws.device.type == "cpu"
+    cpu = bayesinv.load(post.save(tmp_path / "p.bayesinv"), device="cpu")
+    assert cpu.sample(y, 3, seed=0, **sample_options(method, y))[name].shape == (2, 3, *shape)
