@@ -665,3 +665,22 @@ def test_nonfinite_rows_fail_without_retry_unless_every_row_is_nonfinite():
     sizes.clear()
     out = partly_nan(-np.ones((4, 1)))  # no finite row: bisected like an exception, NaN rows returned
     assert sizes == [4, 2, 1, 1, 2, 1, 1] and np.isnan(out).all() and partly_nan.num_failures == 6
+
+
+def test_workers_started_by_a_thread_that_ended_are_replaced_without_failures():
+    import threading
+
+    x = np.random.default_rng(7).normal(size=(50, 2))
+    failures = decay_parallel.num_failures
+    try:
+        thread = threading.Thread(target=decay_parallel, args=(x,))
+        thread.start()
+        thread.join()
+        pids = decay_parallel.worker_pids
+        deadline = time.monotonic() + 5  # on Linux they got SIGKILL with their thread (PR_SET_PDEATHSIG)
+        while sys.platform.startswith("linux") and any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert np.array_equal(decay_parallel(x), decay(x))
+        assert decay_parallel.num_failures == failures and len(decay_parallel.worker_pids) == 2
+    finally:
+        decay_parallel.close()
