@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
 import xarray as xr
 
 from bayesinv._checks import check_count, check_seed
