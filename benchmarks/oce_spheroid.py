@@ -1,0 +1,361 @@
+r"""OCE tumour spheroid (Section 4.2.3): FEM convergence and speed, phase wrapping, references, cond_score.
+
+Subcommands (each writes ``benchmarks/results/oce_<name>.json`` and prints a table):
+
+- ``convergence``: u₂ on the 64 × 64 grid of prior draws (full prior) for element sizes
+  16, 8, 4 µm against 2 µm; the largest difference relative to max |u₂| and as a phase
+  error (rad) at the mean top displacement 2.2 µm.
+- ``throughput``: solves per second in one process (single-threaded BLAS) at 64 and 128
+  pixels for the given element sizes.
+- ``wrap``: the fraction of pixels that wrap (clean phase outside (−π, π]), the phase
+  range and fringe count, and the number of nuclei placed, over prior draws.
+- ``reference``: the reduced (homogeneous) variant at 64 × 64: a prior set of
+  ``--num-train`` draws (``out/oce/reduced_<n>_<h>.zarr``), ``--num-test`` test
+  observations (``problem.draw(seed=100 + i)``), and for each the tempered adaptive
+  importance-sampling reference with the exact wrapped-phase likelihood and with a
+  Gaussian likelihood on the wrapped phase (same per-depth sd); distance between the two
+  (RMSE of the pixel-wise posterior mean / sd of E' = log10(E / E_hydrogel), and of the
+  parameters). Posterior fields are kept in ``out/oce/reference_<i>.npz``.
+- ``cond_score``: fits cond_score (U-Net, y as a channel) on the prior set, target
+  ``E_rel`` = E / E_hydrogel with ``transforms={"E_rel": "log10"}`` (eq. 28), samples ``--num-draws`` per test observation and compares with the saved
+  references (run ``reference`` first).
+- ``full``: cond_score on the full prior at 64 × 64 (``--num-train`` draws, sixfold
+  augmentation optional), posterior-mean error against the truth and SBC ranks of the
+  spheroid area (pixels with E' > 0.05) and the mean E' inside the spheroid.
+
+Run (2-core CPU, shared; minutes as measured there):
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/oce_spheroid.py convergence
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/oce_spheroid.py throughput
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/oce_spheroid.py wrap
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/oce_spheroid.py reference --num-test 10
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/oce_spheroid.py cond_score --num-test 10
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/oce_spheroid.py full
+
+Published size (GPU; 5,000 draws × 6 = 30,000 pairs, 24,000 for training; Table 2):
+
+    .venv/bin/python benchmarks/oce_spheroid.py full --image-size 256 --num-train 5000 --augment \
+        --published --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import bayesinv  # noqa: E402
+from _common import metadata, set_threads, write_results  # noqa: E402
+from bayesinv.models import oce_spheroid as oce  # noqa: E402
+
+OUT = Path("out/oce")
+MACHINE = "2-core CPU, no GPU, shared"
+PARAMS = ("width", "ratio", "center", "E_spheroid", "E_hydrogel", "top_displacement")
+
+
+def convergence(args) -> dict:
+    problem = oce.OCESpheroid(64)
+    fields = []
+    for seed in range(args.num_draws):
+        fields.append(_prior_field(problem, seed)[0])
+    sizes = [16.0, 8.0, 4.0, 2.0]
+    u = {}
+    for h in sizes:
+        t0 = time.perf_counter()
+        solver = oce.SpheroidSolver(64, h)
+        setup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        u[h] = np.stack([solver.vertical(f) for f in fields])
+        print(f"h = {h:g} µm: {solver.num_dofs} DOFs, setup {setup:.1f} s, {(time.perf_counter() - t0) / len(fields):.2f} s/solve",
+              flush=True)
+    ref = u[2.0]
+    scale = np.abs(ref).max()
+    rows = []
+    for h in sizes[:-1]:
+        err = np.abs(u[h] - ref).max()
+        rows.append({"element_size": h, "max_rel": float(err / scale), "phase_error_rad": float(err * oce.PHASE_PER_UM * 2.2)})
+    print("| element (µm) | max |Δu₂| / max |u₂| | max phase error at 2.2 µm (rad) |")
+    for r in rows:
+        print(f"| {r['element_size']:g} | {r['max_rel']:.2e} | {r['phase_error_rad']:.3f} |")
+    return {"draws": args.num_draws, "reference_element_size": 2.0, "rows": rows}
+
+
+def _prior_field(problem, seed: int) -> tuple[np.ndarray, float]:
+    r"""E / E_hydrogel ``(n, n)`` of one prior draw (no simulation) and its number of nuclei."""
+    import pyro
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trace = pyro.poutine.trace(problem.sample_geometry).get_trace()
+    sites = {k: n["value"][None] for k, n in trace.nodes.items() if n["type"] == "sample"}
+    E, count = problem.field(sites)
+    return (E[0] / sites["E_hydrogel"][0]).double().numpy(), float(count[0]) if count is not None else float("nan")
+
+
+def throughput(args) -> dict:
+    rows = []
+    for n in (64, 128):
+        problem = oce.OCESpheroid(n)
+        fields = [_prior_field(problem, s)[0] for s in range(args.num_draws)]
+        for h in args.element_sizes:
+            solver = oce.SpheroidSolver(n, h)
+            solver.vertical(fields[0])
+            t0 = time.perf_counter()
+            for f in fields:
+                solver.vertical(f)
+            rate = len(fields) / (time.perf_counter() - t0)
+            rows.append({"image_size": n, "element_size": h, "dofs": solver.num_dofs, "solves_per_s": rate})
+            print(f"| {n} | {h:g} | {solver.num_dofs} | {rate:.2f} |", flush=True)
+    return {"rows": rows}
+
+
+def wrap(args) -> dict:
+    problem = oce.OCESpheroid(64)
+    ds = bayesinv.simulate(problem.model, args.num_draws, seed=11, dims=problem.dims, progress=False,
+                           chunk_size=args.num_draws)
+    u = ds["_sim_unit_displacement"].values * ds["top_displacement"].values[:, None, None]
+    phase = oce.phase_difference(u)
+    frac = np.array([oce.wrap_fraction(p) for p in phase])
+    span = phase.max((1, 2)) - phase.min((1, 2))
+    res = {
+        "draws": args.num_draws,
+        "wrap_fraction_mean": float(frac.mean()), "wrap_fraction_min": float(frac.min()),
+        "phase_min_rad": float(phase.min()), "phase_max_rad": float(phase.max()),
+        "fringes_mean": float((span / (2 * np.pi)).mean()), "fringes_max": float((span / (2 * np.pi)).max()),
+        "num_nuclei_mean": float(ds["num_nuclei"].values.mean()), "num_nuclei_min": float(ds["num_nuclei"].values.min()),
+        "num_nuclei_max": float(ds["num_nuclei"].values.max()),
+        "k_top_row": float(problem.k[-1, 0]), "k_bottom_row": float(problem.k[0, 0]), "k_max": float(problem.k.max()),
+    }
+    for key, value in res.items():
+        print(f"{key}: {value:.4g}")
+    return res
+
+
+def _reduced(args, likelihood: str = "wrapped", simulator=None):
+    return oce.OCESpheroid(64, variant="homogeneous", likelihood=likelihood, element_size=args.element_size,
+                           workers=args.workers, simulator=simulator)
+
+
+def _prior_set(args, problem):
+    path = OUT / f"reduced_{args.num_train}_{args.element_size:g}.zarr"
+    return bayesinv.simulate(problem.model, args.num_train, seed=0, dims=problem.dims, path=path, progress=False,
+                             chunk_size=500)
+
+
+def _log_rel(E: np.ndarray, Eh: np.ndarray) -> np.ndarray:
+    return np.log10(E / Eh.reshape(-1, 1, 1))
+
+
+def _summary(idata) -> dict:
+    post = idata.posterior
+    E = post["E"].values.reshape(-1, 64, 64)
+    Eh = post["E_hydrogel"].values.reshape(-1)
+    lr = _log_rel(E, Eh)
+    params = {}
+    for k in PARAMS:
+        v = post[k].values.reshape(E.shape[0], -1)
+        params[k] = (v.mean(0).tolist(), v.std(0).tolist())
+    ratio = np.log10(post["E_spheroid"].values.reshape(-1) / Eh)
+    params["log10_ratio"] = ([float(ratio.mean())], [float(ratio.std())])
+    return {"mean": lr.mean(0), "std": lr.std(0), "E_mean": E.mean(0), "E_std": E.std(0), "params": params,
+            "ess": float(idata.sample_stats["ess"]), "stages": int(post.attrs["stages"]),
+            "sims": int(post.attrs["num_simulations_total"])}
+
+
+def _rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(((np.asarray(a) - np.asarray(b)) ** 2).mean()))
+
+
+def reference(args) -> dict:
+    problem = _reduced(args)
+    t0 = time.perf_counter()
+    ds = _prior_set(args, problem)
+    prior_time = time.perf_counter() - t0
+    gauss = _reduced(args, "gaussian", simulator=problem.simulator)
+    rows = []
+    OUT.mkdir(parents=True, exist_ok=True)
+    for i in range(args.num_test):
+        theta, y = problem.draw(seed=100 + i)
+        res = {}
+        for name, p in (("wrapped", problem), ("gaussian", gauss))[: 2 if i < args.num_gaussian else 1]:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                idata = p.reference(y, data=ds, num_local=args.num_local, num_final=args.num_final, seed=i)
+            res[name] = _summary(idata)
+            res[name]["time_s"] = time.perf_counter() - t0
+        w = res["wrapped"]
+        truth = np.log10(theta["E_rel"])
+        np.savez(OUT / f"reference_{i}.npz", y=y, truth=truth, E_true=theta["E"], mean=w["mean"], std=w["std"],
+                 E_mean=w["E_mean"], E_std=w["E_std"], **({"g_mean": res["gaussian"]["mean"], "g_std": res["gaussian"]["std"]}
+                                                           if "gaussian" in res else {}))
+        row = {"seed": 100 + i, "theta": {k: np.asarray(theta[k]).tolist() for k in PARAMS}, "ess_wrapped": w["ess"],
+               "stages_wrapped": w["stages"], "sims_wrapped": w["sims"], "time_wrapped_s": w["time_s"],
+               "exact_mean_rmse_vs_truth": _rmse(w["mean"], truth), "params_wrapped": w["params"]}
+        print(f"test {i}: exact reference ESS {w['ess']:.0f}, {w['stages']} stages, {w['sims']} simulations, {w['time_s']:.0f} s; "
+              f"posterior-mean RMSE vs truth {row['exact_mean_rmse_vs_truth']:.4f}", flush=True)
+        rows.append(row)
+        if "gaussian" not in res:
+            continue
+        g = res["gaussian"]
+        row.update({
+            "ess_gaussian": g["ess"], "stages_gaussian": g["stages"], "sims_gaussian": g["sims"], "time_gaussian_s": g["time_s"],
+            "gauss_vs_exact_mean_rmse": _rmse(g["mean"], w["mean"]), "gauss_vs_exact_std_rmse": _rmse(g["std"], w["std"]),
+            "gauss_mean_rmse_vs_truth": _rmse(g["mean"], truth), "params_gaussian": g["params"],
+        })
+        # parameter error of the Gaussian posterior mean in units of the exact posterior sd
+        z = {}
+        for k in ("width", "ratio", "center", "log10_ratio", "top_displacement"):
+            m_w, s_w = np.asarray(w["params"][k][0]), np.asarray(w["params"][k][1])
+            z[k] = (np.abs(np.asarray(g["params"][k][0]) - m_w) / s_w).tolist()
+        row["gauss_mean_shift_in_exact_sd"] = z
+        print(f"  Gaussian likelihood: ESS {g['ess']:.0f}, {g['stages']} stages; Gaussian vs exact: mean RMSE {row['gauss_vs_exact_mean_rmse']:.4f}, std RMSE {row['gauss_vs_exact_std_rmse']:.4f}; "
+              f"shift {np.round(np.concatenate([np.atleast_1d(v) for v in z.values()]), 1)} sd; "
+              f"{g['time_s']:.0f} s", flush=True)  # fmt: skip
+    out = {"prior_set_s": prior_time, "element_size": args.element_size, "num_train": args.num_train, "tests": rows}
+    for key in ("gauss_vs_exact_mean_rmse", "gauss_vs_exact_std_rmse", "exact_mean_rmse_vs_truth", "gauss_mean_rmse_vs_truth",
+                "ess_wrapped", "ess_gaussian"):
+        out[key] = float(np.mean([r[key] for r in rows if key in r]))
+        out[key + "_min"] = float(np.min([r[key] for r in rows if key in r]))
+        out[key + "_max"] = float(np.max([r[key] for r in rows if key in r]))
+    return out
+
+
+def _options(args) -> dict:
+    r"""cond_score fit options (keyword arguments of the public ``bayesinv.fit``)."""
+    if getattr(args, "published", False):  # Table 2, § 4.2.3: NCSN, annealed Langevin
+        return dict(network="unet", process="ncsn", sigma_1=120.0, sigma_L=0.01, num_levels=680, steps_per_level=5,
+                    eps=5.7e-6, lr=1e-4, batch_size=32, max_steps=300_000, max_epochs=None, patience=None, val_fraction=0.2)
+    return dict(network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
+                batch_size=args.batch_size, max_epochs=None, max_steps=args.max_steps, lr=args.lr, ema_decay=args.ema,
+                patience=None, val_fraction=0.05, t_min=args.t_min)
+
+
+def cond_score(args) -> dict:
+    problem = _reduced(args)
+    ds = _prior_set(args, problem)
+    data = {k: torch.as_tensor(np.asarray(ds[k].values)) for k in ("E_rel", "y")}
+    t0 = time.perf_counter()
+    post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
+                        seed=0, progress=False, device="cpu", **_options(args))
+    fit_time = time.perf_counter() - t0
+    rows = []
+    for i in range(args.num_test):
+        ref = np.load(OUT / f"reference_{i}.npz")
+        t0 = time.perf_counter()
+        draws = post.sample(torch.as_tensor(ref["y"]), args.num_draws, seed=i)["E_rel"].double().numpy()
+        sample_time = time.perf_counter() - t0
+        lr = np.log10(np.clip(draws, 1e-6, None))
+        m, s = lr.mean(0), lr.std(0)
+        row = {"seed": 100 + i, "mean_rmse": _rmse(m, ref["mean"]), "std_rmse": _rmse(s, ref["std"]),
+               "mean_rmse_vs_truth": _rmse(m, ref["truth"]), "ref_mean_rmse_vs_truth": _rmse(ref["mean"], ref["truth"]),
+               "sample_time_s": sample_time}
+        if "g_mean" in ref:
+            row.update({"gauss_mean_rmse": _rmse(ref["g_mean"], ref["mean"]), "gauss_std_rmse": _rmse(ref["g_std"], ref["std"])})
+        print(f"test {i}: mean RMSE {row['mean_rmse']:.4f}, std RMSE {row['std_rmse']:.4f}, vs truth {row['mean_rmse_vs_truth']:.4f} "
+              f"(reference {row['ref_mean_rmse_vs_truth']:.4f}); {sample_time:.0f} s", flush=True)  # fmt: skip
+        rows.append(row)
+    out = {"fit_time_s": fit_time, "train_steps": post.info.get("train_steps"), "tests": rows,
+           "num_parameters": sum(p.numel() for p in post.net.parameters())}
+    for key in ("mean_rmse", "std_rmse", "mean_rmse_vs_truth", "ref_mean_rmse_vs_truth", "gauss_mean_rmse", "gauss_std_rmse",
+                "sample_time_s"):
+        out[key] = float(np.mean([r[key] for r in rows if key in r]))
+    print(f"| cond_score vs exact | mean RMSE {out['mean_rmse']:.4f} | std RMSE {out['std_rmse']:.4f} |")
+    print(f"| Gaussian vs exact   | mean RMSE {out['gauss_mean_rmse']:.4f} | std RMSE {out['gauss_std_rmse']:.4f} |")
+    return out
+
+
+def full(args) -> dict:
+    problem = oce.OCESpheroid(args.image_size, workers=args.workers, element_size=args.element_size)
+    path = OUT / f"full_{args.image_size}_{args.num_train}_{args.element_size:g}.zarr"
+    t0 = time.perf_counter()
+    ds = bayesinv.simulate(problem.model, args.num_train + args.num_test, seed=0, dims=problem.dims, path=path,
+                           progress=False, chunk_size=250)
+    sim_time = time.perf_counter() - t0
+    train = ds.isel(draw=slice(0, args.num_train))[["E_rel", "y"]].load()
+    test = ds.isel(draw=slice(args.num_train, None))[["E_rel", "y"]].load()
+    if args.augment:
+        train = oce.augment(train)
+    data = {k: torch.as_tensor(np.asarray(train[k].values)) for k in ("E_rel", "y")}
+    t0 = time.perf_counter()
+    post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
+                        seed=0, progress=False, device=args.device, **_options(args))
+    fit_time = time.perf_counter() - t0
+    n = args.image_size
+    ranks_area, ranks_mod, err, rows = [], [], [], []
+    for i in range(args.num_test):
+        y = torch.as_tensor(test["y"].values[i])
+        truth = np.log10(test["E_rel"].values[i])
+        draws = np.log10(np.clip(post.sample(y, args.num_draws, seed=i)["E_rel"].double().numpy(), 1e-6, None))
+        m = draws.mean(0)
+        err.append(_rmse(m, truth))
+        inside_t = truth > 0.05
+        area = lambda f: float((f > 0.05).mean() * oce.WINDOW**2)  # noqa: E731
+        modulus = lambda f: float(f[f > 0.05].mean()) if (f > 0.05).any() else 0.0  # noqa: E731
+        ranks_area.append(int(sum(area(d) < area(truth) for d in draws)))
+        ranks_mod.append(int(sum(modulus(d) < modulus(truth) for d in draws)))
+        rows.append({"mean_rmse_vs_truth": err[-1], "true_area": area(truth), "mean_area": float(np.mean([area(d) for d in draws])),
+                     "true_modulus": modulus(truth), "inside_pixels": int(inside_t.sum())})
+        if i == 0:
+            OUT.mkdir(parents=True, exist_ok=True)
+            np.savez(OUT / f"full_{n}_test0.npz", truth=truth, y=test["y"].values[0], draws=draws[:3], mean=m, std=draws.std(0))
+    prior_err = _rmse(np.log10(train["E_rel"].values[: args.num_test * 10]).mean(0), np.log10(test["E_rel"].values).mean(0))
+    out = {"sim_time_s": sim_time, "fit_time_s": fit_time, "num_pairs": int(data["E_rel"].shape[0]),
+           "mean_rmse_vs_truth": float(np.mean(err)), "ranks_area": ranks_area, "ranks_modulus": ranks_mod,
+           "num_draws": args.num_draws, "tests": rows, "prior_mean_rmse_reference": prior_err}
+    for name in ("ranks_area", "ranks_modulus"):
+        r = np.asarray(out[name]) / args.num_draws
+        out[name + "_fraction_in_central_80"] = float(((r >= 0.1) & (r <= 0.9)).mean())
+    print(f"posterior-mean RMSE vs truth (E' = log10 E/E_h): {out['mean_rmse_vs_truth']:.4f}; "
+          f"central-80% coverage: area {out['ranks_area_fraction_in_central_80']:.2f}, "
+          f"modulus {out['ranks_modulus_fraction_in_central_80']:.2f}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["convergence", "throughput", "wrap", "reference", "cond_score", "full"])
+    parser.add_argument("--num-draws", type=int, default=None)
+    parser.add_argument("--element-sizes", type=float, nargs="+", default=[8.0, 4.0])
+    parser.add_argument("--element-size", type=float, default=16.0,
+                        help="FEM element size (µm) of reference/cond_score/full (16: fast; the same model everywhere)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--num-train", type=int, default=4000)
+    parser.add_argument("--num-test", type=int, default=10)
+    parser.add_argument("--num-local", type=int, default=300)
+    parser.add_argument("--num-gaussian", type=int, default=5, help="reference: test observations that also get the Gaussian-likelihood reference")
+    parser.add_argument("--num-final", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--base-channels", type=int, default=8)
+    parser.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2, 2])
+    parser.add_argument("--t-min", type=float, default=1e-3)
+    parser.add_argument("--augment", action="store_true", help="full: sixfold augmentation of the training draws")
+    parser.add_argument("--published", action="store_true", help="full: the Table 2 settings (GPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args()
+    if args.num_draws is None:
+        args.num_draws = {"convergence": 3, "throughput": 5, "wrap": 200}.get(args.what, 32)
+    set_threads(args.threads)
+    payload = {"meta": metadata(MACHINE), "args": vars(args)}
+    payload["result"] = globals()[args.what](args)
+    path = write_results(f"oce_{args.what}" + (f"_{args.tag}" if args.tag else ""), payload)
+    print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
