@@ -113,4 +113,4 @@ def as_observation(value: Any, site: str) -> torch.Tensor:
         raise ProblemError(f"the observation for site {site!r} is empty (shape {arr.shape})")
     if arr.dtype.kind == "f":  # integer data (counts, labels) keep their dtype
         arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32)
-    return torch.as_tensor(np.ascontiguousarray(arr))
+    return torch.as_tensor(np.ascontiguousarray(arr).reshape(arr.shape))  # keeps a scalar 0-d

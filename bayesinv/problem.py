@@ -105,6 +105,7 @@ class Problem:
         transformed_observed: Observed sites whose value is not the observation itself but
             a transform of it (the model observes ``y * 2``, ``y.reshape(...)``): found when
             tracing, for methods that learn from simulated site values.
+        language: ``"pyro"`` or ``"numpyro"``: what the model is written in (detected).
     """
 
     model: Callable
@@ -115,6 +116,7 @@ class Problem:
     batch_ndim: int = 0
     name: str = ""
     transformed_observed: tuple[str, ...] = ()
+    language: str = "pyro"
 
     # -- site groups -------------------------------------------------------------------
     @property
@@ -232,8 +234,6 @@ class Problem:
         for name, value in values.items():
             site = self.sites[name]
             t = as_observation(value, name)
-            if t.dim() == 1 and not isinstance(value, torch.Tensor) and np.ndim(value) == 0:
-                t = t.reshape(())  # np.ascontiguousarray makes a scalar 1-d
             dtype = site.dtype if site.dtype.is_floating_point else t.dtype
             t = t.to(dtype)
             shape = tuple(t.shape)
@@ -367,6 +367,17 @@ def _sample_nodes(trace) -> dict[str, dict]:
     return {name: node for name, node in trace.nodes.items() if node["type"] == "sample"}
 
 
+def _numpyro_model(model: Callable) -> bool:
+    r"""Whether ``model`` is written in NumPyro (its code refers to numpyro, not pyro), when NumPyro is installed."""
+    try:
+        import numpyro  # noqa: F401
+    except ImportError:
+        return False
+    from bayesinv._numpyro import is_numpyro_model
+
+    return is_numpyro_model(model)
+
+
 def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | str | None = None, seed: int | None = 0) -> Problem:
     r"""Traces ``model`` and describes its sites.
 
@@ -384,7 +395,8 @@ def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | st
     only when an observation is given.
 
     Arguments:
-        model: A Pyro model ``model(y=None)`` whose observed sites receive ``obs=y``
+        model: A Pyro or NumPyro model ``model(y=None)`` (the language is detected from its
+            code, see :func:`bayesinv._numpyro.is_numpyro_model`) whose observed sites receive ``obs=y``
             (or ``obs=y["name"]`` for several observed sites), possibly transformed.
         observed: Names of the observed sites, for models whose observation cannot be
             found automatically.
@@ -403,11 +415,15 @@ def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | st
         ('y',)
     """
     if not callable(model):
-        raise ProblemError(f"model must be a callable Pyro model, got {type(model).__name__}")
+        raise ProblemError(f"model must be a callable Pyro or NumPyro model, got {type(model).__name__}")
     if isinstance(observed, str):
         observed = (observed,)
     if observed is not None:
         observed = tuple(observed)
+    if _numpyro_model(model):
+        from bayesinv import _numpyro
+
+        return _numpyro.trace_numpyro(model, observed=observed, seed=0 if seed is None else check_seed(seed))
         bad = [n for n in observed if not isinstance(n, str)]
         if bad or not observed:
             raise ProblemError(f"observed= must name at least one site (a list of strings), got {list(observed)!r}")
@@ -673,6 +689,11 @@ def run_batch(
         seed = check_seed(seed)
     if y is not None and not _is_checked(problem, y):
         y, batch_shape = problem.check_y(y)
+    if problem.language == "numpyro":
+        from bayesinv import _numpyro
+
+        return _numpyro.run_batch(problem, n, y=y, fixed=fixed, replay_sims=replay_sims, seed=seed,
+                                  log_prior=log_prior, vectorize=vectorize)  # fmt: skip
     with _rng(seed), pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if vectorize is not False and _vectorizable(problem) is not False:

@@ -389,6 +389,22 @@ class AdvectionDiffusion:
 
     __call__ = model
 
+    def numpyro_model(self, y=None):
+        r"""The same model written in NumPyro (needs the ``jax`` extra; unmasked sensors only)."""
+        import jax.numpy as jnp
+        import numpyro
+        import numpyro.distributions as nd
+
+        if self.masked:
+            raise NotImplementedError("the NumPyro twin covers the unmasked sensors (masked=False)")
+        G = jnp.asarray(self.forward, jnp.float32)
+        mean = jnp.asarray(self.prior_mean, jnp.float32)
+        tril = jnp.asarray(self._scale_tril.numpy())
+        flux_raw = numpyro.sample("flux_raw", nd.MultivariateNormal(mean, scale_tril=tril))
+        flux = numpyro.deterministic("flux", jnp.clip(flux_raw, 0.0) if self.clip else flux_raw)
+        c = numpyro.deterministic("concentration", flux @ G.T)
+        return numpyro.sample("y", nd.Normal(c, self.noise).to_event(1), obs=y)
+
     def draw(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         r"""A ground-truth ``flux`` (30,) from the prior and its observation ``y`` (30,) (float32)."""
         rng = np.random.default_rng(seed)

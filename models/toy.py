@@ -67,6 +67,17 @@ class LinearGaussian:
 
     __call__ = model
 
+    def numpyro_model(self, y=None):
+        r"""The same model written in NumPyro (needs the ``jax`` extra): sites ``theta``, ``mean_y``, ``y``."""
+        import jax.numpy as jnp
+        import numpyro
+        import numpyro.distributions as nd
+
+        A = jnp.asarray(self.A.numpy(), dtype=jnp.float32)
+        theta = numpyro.sample("theta", nd.Normal(jnp.asarray(self.prior_mean.numpy(), jnp.float32), self.prior_scale).to_event(1))
+        mean = numpyro.deterministic("mean_y", theta @ A.T)
+        return numpyro.sample("y", nd.Normal(mean, self.noise).to_event(1), obs=y)
+
     def posterior(self, y: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r"""The exact posterior mean ``(dim,)`` and covariance ``(dim, dim)`` given ``y``."""
         y = torch.as_tensor(np.asarray(y), dtype=torch.float64)

@@ -1,13 +1,18 @@
-r"""The No-U-Turn sampler (Pyro's NUTS) for models whose forward map is differentiable torch code.
+r"""The No-U-Turn sampler for models whose forward map is differentiable.
 
-Chains run one after another with independent seeds. ``sample_stats`` records, per draw,
-``diverging``, ``step_size`` and ``acceptance_rate``; ``attrs`` record the worst R-hat and
-the smallest bulk ESS. Black-box simulators have no gradient: the method refuses them.
+A NumPyro model runs on NumPyro's NUTS (JIT-compiled JAX; GPU when JAX sees one; chains
+vectorised on one device, in parallel across devices); a Pyro model on Pyro's NUTS, its
+chains one after another with independent seeds. ``sample_stats`` records, per draw,
+``diverging``, ``step_size`` and ``acceptance_rate`` (NumPyro adds ``energy``, ``lp``,
+``n_steps`` and ``tree_depth``, named as :func:`arviz.from_numpyro` names them);
+``attrs`` record the worst R-hat and the smallest bulk ESS over the sites asked for
+(``target``). Black-box simulators have no gradient: the method refuses them.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from typing import Any
 
@@ -15,6 +20,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide.initialization import init_to_median, init_to_sample, init_to_uniform
 
 from bayesinv._checks import check_count, check_real, check_seed
 from bayesinv.errors import OptionError
@@ -26,6 +32,7 @@ from bayesinv.registry import Draws, register_method
 __all__ = ["nuts"]
 
 _log = logging.getLogger("bayesinv")
+_INITS = {"uniform": init_to_uniform, "median": init_to_median, "sample": init_to_sample}
 
 
 class _Recorder:
@@ -61,6 +68,9 @@ def nuts(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     jit_compile: bool = False,
+    dense_mass: bool = False,
+    init_strategy: str = "uniform",
+    chain_method: str | None = None,
 ) -> Draws:
     r"""Draws from the posterior with NUTS.
 
@@ -77,7 +87,12 @@ def nuts(
         warmup_steps: Warm-up (adaptation) steps per chain (default ``num_samples``).
         target_accept_prob: NUTS' target acceptance probability.
         max_tree_depth: NUTS' maximum tree depth.
-        jit_compile: JIT-compile the potential (faster for long runs of small models).
+        jit_compile: JIT-compile the potential (Pyro models; NumPyro always compiles).
+        dense_mass: Adapt a dense mass matrix (Pyro's ``full_mass``) instead of a diagonal one.
+        init_strategy: Initial point of each chain: ``"uniform"`` (uniform in (-2, 2) on the
+            unconstrained scale), ``"median"`` (prior median) or ``"sample"`` (a prior draw).
+        chain_method: NumPyro models: ``"vectorized"``, ``"parallel"`` or ``"sequential"``
+            (default: ``"parallel"`` with a device per chain, else ``"vectorized"``).
 
     Returns:
         :class:`Draws` with ``num_chains`` chains.
@@ -90,8 +105,20 @@ def nuts(
     warmup = num_samples if warmup_steps is None else check_count("warmup_steps", warmup_steps, minimum=0, error=OptionError)
     target_accept_prob = check_real("target_accept_prob", target_accept_prob, low=0.0, high=1.0, low_open=True, high_open=True)
     max_tree_depth = check_count("max_tree_depth", max_tree_depth, error=OptionError)
-    if not isinstance(jit_compile, (bool, np.bool_)):
-        raise OptionError(f"jit_compile must be True or False, got {jit_compile!r}")
+    for name, flag in (("jit_compile", jit_compile), ("dense_mass", dense_mass)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise OptionError(f"{name} must be True or False, got {flag!r}")
+    if init_strategy not in _INITS:
+        raise OptionError(f"init_strategy must be one of {sorted(_INITS)}, got {init_strategy!r}")
+    if chain_method not in (None, "vectorized", "parallel", "sequential"):
+        raise OptionError(f"chain_method must be None, 'vectorized', 'parallel' or 'sequential', got {chain_method!r}")
+    if problem.language == "numpyro":
+        return _nuts_numpyro(problem, y, num_samples=num_samples, num_chains=num_chains, warmup=warmup, seed=seed,
+                             target=target, progress=progress, target_accept_prob=target_accept_prob,
+                             max_tree_depth=max_tree_depth, dense_mass=bool(dense_mass), init_strategy=init_strategy,
+                             chain_method=chain_method, warmup_default=warmup_steps is None)  # fmt: skip
+    if chain_method not in (None, "sequential"):
+        raise OptionError(f"chain_method={chain_method!r} needs a NumPyro model; Pyro's chains run one after another")
     arg = problem.model_argument(y)
     chains: list[dict[str, np.ndarray]] = []
     stats = {"diverging": [], "step_size": [], "acceptance_rate": []}
@@ -112,6 +139,8 @@ def nuts(
                 max_tree_depth=max_tree_depth,
                 jit_compile=jit_compile,
                 ignore_jit_warnings=True,
+                full_mass=bool(dense_mass),
+                init_strategy=_INITS[init_strategy](),
             )
             mcmc = MCMC(
                 kernel,
@@ -135,7 +164,7 @@ def nuts(
     bar.close()
     latents = {n: np.stack([ch[n] for ch in chains]) for n in problem.latent}
     posterior = complete_draws(problem, y, latents, target)
-    diag = convergence({n: latents[n] for n in problem.latent}, "nuts")
+    diag = convergence(posterior, "nuts")  # on the sites asked for, not internal latents
     num_div = int(np.sum(stats["diverging"]))
     if num_div:
         warnings.warn(
@@ -148,3 +177,28 @@ def nuts(
         sample_stats={k: np.stack(v) for k, v in stats.items()},
         attrs={**diag, "num_divergences": num_div, "num_chains": num_chains, "warmup_steps": warmup, "seed": seed},
     )
+
+
+def _nuts_numpyro(problem, y, *, num_samples, num_chains, warmup, seed, target, progress, warmup_default, **options) -> Draws:
+    r"""NUTS on a NumPyro model (:func:`bayesinv._numpyro.nuts`), with the same Draws layout."""
+    from bayesinv import _numpyro
+
+    _log.info(
+        "nuts (numpyro): %d chain(s) x (%s warm-up + %s draws)%s", num_chains, f"{warmup:,}", f"{num_samples:,}",
+        " (warm-up defaults to num_samples)" if warmup_default else "",
+    )  # fmt: skip
+    latents, stats, attrs = _numpyro.nuts(problem, y, num_samples=num_samples, num_chains=num_chains,
+                                          warmup_steps=warmup, seed=seed, progress=sys.stderr.isatty() if progress is None else bool(progress),
+                                          **options)  # fmt: skip
+    posterior = complete_draws(problem, y, latents, target)
+    diag = convergence(posterior, "nuts")
+    num_div = int(stats["diverging"].sum())
+    if num_div:
+        warnings.warn(
+            f"nuts: {num_div} divergent transitions; increase target_accept_prob or reparameterise the model",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return Draws(posterior=posterior, sample_stats=stats,
+                 attrs={**diag, **attrs, "num_divergences": num_div, "num_chains": num_chains, "warmup_steps": warmup,
+                        "seed": seed})  # fmt: skip
