@@ -193,8 +193,8 @@ def test_one_way_to_set_options(method):
 
 def test_cond_score_keywords_override_its_config_fields():
     post = bayesinv.fit(LG.model, method="cond_score", num_simulations=100, hidden=(8,), max_epochs=None, max_steps=2,
-                        embed_dim=16, progress=False)  # fmt: skip
-    assert post.config["embed_dim"] == 16 and post.config["hidden"] == [8]
+                        embed_dim=16, base_channels=16, progress=False)  # fmt: skip
+    assert post.config["embed_dim"] == 16 and post.config["hidden"] == [8] and post.config["base_channels"] == 16
 
 
 def test_fit_reports_the_estimated_training_time(caplog):

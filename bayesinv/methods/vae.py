@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,7 @@ from bayesinv.amortized.layout import Layout
 from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, register_amortized
 from bayesinv.amortized.posterior import AmortizedPosterior
 from bayesinv.errors import OptionError
-from bayesinv.nets.embedding import mlp, observation_embedding
+from bayesinv.nets.vae import Stage1Loss, Stage2Loss, TwoStageVAE
 
 __all__ = ["VAEConfig", "VAESampler", "TwoStageVAE", "VAEPosterior", "VAE"]
 
@@ -100,96 +100,6 @@ class VAESampler:
         check_float(self, "spread", low=0.0)
 
 
-class TwoStageVAE(nn.Module):
-    r"""Encoder, decoder and regression network of the two-stage conditional VAE.
-
-    Arguments:
-        x_dim: The target size D.
-        c_dim: The (flat) condition size C.
-        latent_dim: The latent size k.
-        hidden: Hidden sizes of the encoder (the decoder mirrors them).
-        regressor_hidden: Hidden sizes of the regression network f.
-        embedding: ``None``, ``"mlp"`` or ``"cnn"``: an embedding of y before f.
-        embed_dim: The embedding size.
-        condition: The condition layout (for ``"cnn"``).
-
-    Example:
-        >>> net = TwoStageVAE(4, 6, latent_dim=2)
-        >>> net.decoder(net.regress(torch.randn(3, 6))).shape
-        torch.Size([3, 4])
-    """
-
-    def __init__(
-        self,
-        x_dim: int,
-        c_dim: int,
-        latent_dim: int = 8,
-        hidden: Sequence[int] = (128, 128),
-        regressor_hidden: Sequence[int] = (128, 128),
-        embedding: str | None = None,
-        embed_dim: int = 32,
-        condition: Layout | None = None,
-    ):
-        super().__init__()
-        hidden, regressor_hidden = tuple(hidden), tuple(regressor_hidden)
-        self.latent_dim = latent_dim
-        self.encoder = mlp([x_dim, *hidden, 2 * latent_dim], nn.SiLU)
-        self.decoder = mlp([latent_dim, *hidden[::-1], x_dim], nn.SiLU)
-        condition = condition or Layout(("y",), ((c_dim,),))
-        emb = observation_embedding(embedding, condition, embed_dim, (128,))
-        f_in = embed_dim if emb is not None else c_dim
-        self.regressor = nn.Sequential(emb or nn.Identity(), mlp([f_in, *regressor_hidden, latent_dim], nn.SiLU))
-        self.register_buffer("z_spread", torch.ones(latent_dim))
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Latent mean and log-variance, each ``(*, k)``."""
-        return _encode(self.encoder, x)
-
-    def encode_sample(self, x: Tensor) -> Tensor:
-        r"""A latent draw :math:`z = \mu(x) + s(x) \odot \varepsilon`."""
-        mu, logvar = self.encode(x)
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-
-    def regress(self, c: Tensor) -> Tensor:
-        r"""f(y): the latent code predicted from the condition, ``(*, k)``."""
-        return self.regressor(c)
-
-
-def _encode(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    mu, logvar = encoder(x).chunk(2, dim=-1)
-    return mu, logvar.clamp(-12.0, 8.0)
-
-
-class _Stage1(nn.Module):
-    r"""Stage 1 loss: ‖x − Ψ(z)‖² + β KL(N(μ, s²) ‖ N(0, I)), summed over dims, batch mean."""
-
-    def __init__(self, net: TwoStageVAE, beta: float):
-        super().__init__()
-        self.encoder, self.decoder, self.beta = net.encoder, net.decoder, beta
-
-    def forward(self, x: Tensor) -> Tensor:
-        mu, logvar = _encode(self.encoder, x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        rec = (self.decoder(z) - x).square().sum(-1)
-        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
-        return (rec + self.beta * kl).mean()
-
-
-class _Stage2(nn.Module):
-    r"""Stage 2 loss: ‖f(y) − z‖², z a fresh draw of the frozen encoder (not its mean)."""
-
-    def __init__(self, net: TwoStageVAE):
-        super().__init__()
-        self.regressor = net.regressor
-        self._frozen = [net.encoder]  # not a submodule: stays out of the optimiser and the EMA
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        with torch.no_grad():
-            mu, logvar = _encode(self._frozen[0], x)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return (self.regressor(c) - z).square().sum(-1).mean()
-
-
 def rebuild(settings: Mapping[str, Any]) -> nn.Module:
     r"""The network of saved settings (``architecture``, ``condition_layout``)."""
     cond = settings.get("condition_layout")
@@ -209,10 +119,10 @@ def build(cfg: VAEConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
 def train(net: TwoStageVAE, pairs: Any, cfg: VAEConfig, settings: Mapping[str, Any], run, seed: int):
     r"""Stage 1 (the VAE on targets), stage 2 (f(y) → sampled latent codes), then the latent spread."""
     x, c = pairs.x, pairs.c
-    stage1 = run(lambda m, xb: m(xb), _Stage1(net, cfg.beta), (x,), ".stage1")
-    _Stage1(net, cfg.beta).load_state_dict((stage1.model if stage1.ema_model is None else stage1.ema_model).state_dict())
+    stage1 = run(lambda m, xb: m(xb), Stage1Loss(net, cfg.beta), (x,), ".stage1")
+    Stage1Loss(net, cfg.beta).load_state_dict((stage1.model if stage1.ema_model is None else stage1.ema_model).state_dict())
     net.encoder.requires_grad_(False)
-    stage2 = run(lambda m, xb, cb: m(xb, cb), _Stage2(net), (x, c), ".stage2")
+    stage2 = run(lambda m, xb, cb: m(xb, cb), Stage2Loss(net), (x, c), ".stage2")
     net.regressor.load_state_dict((stage2.model if stage2.ema_model is None else stage2.ema_model).regressor.state_dict())
     net.requires_grad_(True)
     # the latent spread: RMS of the residuals z − f(y) on the pairs held out by stage 2
