@@ -29,7 +29,7 @@ import torch
 
 from bayesinv.errors import ProblemError
 
-__all__ = ["is_numpyro_model", "trace_numpyro", "run_batch", "to_jax", "torch_constraint"]
+__all__ = ["is_numpyro_model", "trace_numpyro", "run_batch", "to_jax", "torch_constraint", "simulator_call", "is_jax"]
 
 _log = logging.getLogger("bayesinv")
 _MAX_TRACE_ATTEMPTS = 10
@@ -149,6 +149,65 @@ def torch_constraint(c: Any) -> Any:
     return None
 
 
+# -- black-box simulators in NumPyro models ---------------------------------------------
+_RECORDING: list[set[str]] = []  # simulator names seen by the tracing run in progress
+_COLLECTORS: list[Any] = []  # failure counts and messages of the batch run in progress
+
+
+def _collector() -> Any:
+    return _COLLECTORS[-1] if _COLLECTORS else None
+
+
+def is_jax(value: Any) -> bool:
+    r"""Whether ``value`` is a JAX array or tracer."""
+    return type(value).__module__.split(".")[0] in ("jax", "jaxlib")
+
+
+def simulator_call(sim: Any, args: tuple) -> Any:
+    r"""Calls a :func:`bayesinv.simulator` black box from JAX code (a NumPyro model).
+
+    With concrete arrays (the tracing run, a draw-by-draw run) the simulator runs at once
+    on a batch of one and the output shape per input shapes is remembered; inside
+    ``jax.jit``/``jax.vmap`` it runs through :func:`jax.pure_callback` with
+    ``vmap_method="broadcast_all"``, so a vmapped batch of draws is one batched simulator
+    call (workers, timeouts and failure isolation as for Pyro models). Failed rows are
+    NaN and are excluded like any failed draw. There is no gradient: ``nuts`` refuses the
+    model by the simulator's name.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from bayesinv.errors import SimulationError
+
+    for seen in _RECORDING:
+        seen.add(sim.name)
+    per_draw = tuple(tuple(np.shape(a)) for a in args)
+    shapes = sim.__dict__.setdefault("_jax_shapes", {})
+
+    def host(*arrays):
+        arrays = [np.asarray(a) for a in arrays]
+        batched = arrays[0].ndim > len(per_draw[0])
+        if not batched:
+            arrays = [a[None] for a in arrays]
+        n = arrays[0].shape[0]
+        try:
+            out = np.asarray(sim._run(arrays, _collector()), dtype=np.float32)
+        except SimulationError:  # every row failed: NaN rows, excluded downstream
+            out = np.full((n, *shapes[per_draw]), np.nan, dtype=np.float32)
+        return out if batched else out[0]
+
+    if not any(isinstance(a, jax.core.Tracer) for a in args):
+        out = np.asarray(sim._run([np.asarray(a)[None] for a in args], _collector()), dtype=np.float32)
+        shapes[per_draw] = out.shape[1:]
+        return jnp.asarray(out[0])
+    if per_draw not in shapes:
+        raise SimulationError(
+            f"simulator {sim.name!r} was first called inside a JAX transformation (input shapes {per_draw}), so"
+            " its output shape is unknown: trace the model first (bayesinv.trace_problem) or call it once eagerly"
+        )
+    return jax.pure_callback(host, jax.ShapeDtypeStruct(shapes[per_draw], jnp.float32), *args, vmap_method="broadcast_all")
+
+
 # -- tracing --------------------------------------------------------------------------------
 def _key(seed: int):
     import jax
@@ -219,17 +278,23 @@ def trace_numpyro(model: Callable, *, observed: tuple[str, ...] | None = None, s
     from bayesinv.problem import Problem, Site
 
     failures = []
-    for attempt in range(_MAX_TRACE_ATTEMPTS):
-        try:
-            tr0 = _trace(model, seed + attempt, None)
-            break
-        except Exception as exc:  # noqa: BLE001 - a failing prior draw: try another
-            failures.append(exc)
-    else:
-        exc = failures[-1]
+    seen: set[str] = set()
+    _RECORDING.append(seen)
+    try:
+        tr0 = None
+        for attempt in range(_MAX_TRACE_ATTEMPTS):
+            try:
+                tr0 = _trace(model, seed + attempt, None)
+                break
+            except Exception as exc:  # noqa: BLE001 - a failing prior draw: try another
+                failures.append(exc)
+    finally:
+        _RECORDING.remove(seen)
+    if tr0 is None:
+        exc = failures[0]
         raise ProblemError(
             f"the NumPyro model {getattr(model, '__name__', model)!r} failed on {_MAX_TRACE_ATTEMPTS} prior draws;"
-            f" last error: {type(exc).__name__}: {exc}"
+            f" first error: {type(exc).__name__}: {exc}"
         ) from exc
     obs_keys, fixed = _find_observed(model, tr0, seed + len(failures), tuple(observed) if observed is not None else None)
     sites: dict[str, Site] = {}
@@ -252,7 +317,7 @@ def trace_numpyro(model: Callable, *, observed: tuple[str, ...] | None = None, s
             distribution=type(fn).__name__ if fn is not None else "",
         )  # fmt: skip
     return Problem(
-        model=model, sites=sites, obs_keys=obs_keys, fixed_observed=fixed, batch_ndim=batch_ndim,
+        model=model, sites=sites, simulators=tuple(sorted(seen)), obs_keys=obs_keys, fixed_observed=fixed, batch_ndim=batch_ndim,
         name=getattr(model, "__name__", type(model).__name__), language="numpyro",
     )  # fmt: skip
 
@@ -310,22 +375,12 @@ def run_batch(problem, n: int, *, y=None, fixed=None, replay_sims=None, seed: in
     keys = jax.random.split(_key(seed), n)
     arg = None if y is None else to_jax(problem.model_argument(y))
     fixed_j = None if not fixed else {k: to_jax(torch.as_tensor(v)) for k, v in fixed.items()}
-    errors: list[str] = []
-    out = None
-    if vectorize is not False:
-        try:
-            out = _compiled(problem, fixed_j is not None, y is not None, log_prior)(keys, fixed_j, arg)
-        except Exception as exc:  # noqa: BLE001 - JAX cannot trace the model: run it draw by draw
-            if vectorize:
-                raise ProblemError(f"the NumPyro model {problem.name!r} cannot be vectorised with jax.vmap: {exc}") from exc
-            _log.debug("numpyro model %s: jax.vmap failed (%s); running draw by draw", problem.name, exc)
-    if out is None:
-        one = _runner(problem, fixed_j is not None, y is not None, log_prior)
-        rows = []
-        for i in range(n):
-            row_fixed = None if fixed_j is None else {k: v[i] for k, v in fixed_j.items()}
-            rows.append(one(keys[i], row_fixed, arg))
-        out = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *rows)
+    collector = types.SimpleNamespace(failures=0, errors=[])
+    _COLLECTORS.append(collector)
+    try:
+        out = _run(problem, n, keys, fixed_j, arg, y is not None, log_prior, vectorize)
+    finally:
+        _COLLECTORS.remove(collector)
     values, lp, ll = out
     values = {k: _to_torch(v) for k, v in values.items()}
     valid = torch.ones(n, dtype=torch.bool)
@@ -335,9 +390,31 @@ def run_batch(problem, n: int, *, y=None, fixed=None, replay_sims=None, seed: in
     log_lik = _to_torch(ll).double() if y is not None else None
     if log_lik is not None:
         valid &= ~torch.isnan(log_lik)
-    if not bool(valid.all()):
+    errors = list(collector.errors)
+    if not bool(valid.all()) and not errors:
         errors.append(f"{int((~valid).sum())} draw(s) of the NumPyro model had non-finite values")
     return Batch(values, {}, _to_torch(lp).double() if log_prior else None, log_lik, valid, errors)
+
+
+def _run(problem, n, keys, fixed_j, arg, has_y: bool, log_prior: bool, vectorize: bool | None):
+    import jax
+
+    out = None
+    if vectorize is not False:
+        try:
+            out = _compiled(problem, fixed_j is not None, has_y, log_prior)(keys, fixed_j, arg)
+        except Exception as exc:  # noqa: BLE001 - JAX cannot trace the model: run it draw by draw
+            if vectorize:
+                raise ProblemError(f"the NumPyro model {problem.name!r} cannot be vectorised with jax.vmap: {exc}") from exc
+            _log.debug("numpyro model %s: jax.vmap failed (%s); running draw by draw", problem.name, exc)
+    if out is None:
+        one = _runner(problem, fixed_j is not None, has_y, log_prior)
+        rows = []
+        for i in range(n):
+            row_fixed = None if fixed_j is None else {k: v[i] for k, v in fixed_j.items()}
+            rows.append(one(keys[i], row_fixed, arg))
+        out = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *rows)
+    return out
 
 
 # -- NUTS -----------------------------------------------------------------------------------

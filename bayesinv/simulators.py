@@ -358,6 +358,10 @@ class Simulator:
     # -- calling ------------------------------------------------------------------
 
     def __call__(self, *args: Any) -> torch.Tensor | np.ndarray:
+        if any(type(a).__module__.split(".")[0] in ("jax", "jaxlib") for a in args):  # from a NumPyro model
+            from bayesinv._numpyro import simulator_call
+
+            return simulator_call(self, args)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         as_tensor = bool(tensors)
         device = tensors[0].device if tensors else torch.device("cpu")

@@ -126,3 +126,31 @@ def test_mcmc_and_an_amortized_fit_run_on_a_numpyro_model():
     posterior = bayesinv.fit(LG.numpyro_model, method="flow", num_simulations=2000, max_epochs=5, seed=0, progress=False)
     draws = posterior.sample(y, 50, seed=0)["theta"]
     assert draws.shape == (50, 3) and torch.isfinite(draws).all()
+
+
+@bayesinv.simulator
+def _cubic(theta):
+    if np.any(theta[:, 0] > 2.5):
+        raise RuntimeError("solver diverged")
+    return np.stack([theta[:, 0] ** 3, theta[:, 0] + theta[:, 1]], -1)
+
+
+def blackbox_model(y=None):
+    theta = numpyro.sample("theta", nd.Normal(jnp.zeros(2), 1.0).to_event(1))
+    u = numpyro.deterministic("u", _cubic(theta))
+    return numpyro.sample("y", nd.Normal(u, 0.1).to_event(1), obs=y)
+
+
+def test_a_blackbox_simulator_in_a_numpyro_model_runs_batched_and_is_refused_by_nuts():
+    problem = bayesinv.trace_problem(blackbox_model)
+    assert problem.simulators == ("_cubic",)
+    calls = _cubic.num_calls
+    with pytest.warns(bayesinv.data.SimulationWarning, match="solver diverged"):
+        ds = bayesinv.simulate(blackbox_model, 2000, seed=0, chunk_size=1000, progress=False)
+    theta, u = ds["theta"].values, ds["u"].values
+    assert (theta[:, 0] <= 2.5).all() and 0 < ds.attrs["num_failed"] < 40  # P(theta_0 > 2.5) = 0.6 %
+    np.testing.assert_allclose(u[:, 0], theta[:, 0] ** 3, rtol=1e-5, atol=1e-5)
+    # one batched call per chunk plus the bisection of the failing rows, not one call per draw
+    assert _cubic.num_calls - calls < 2 * 2 * 12 * 10 + 4
+    with pytest.raises(ProblemError, match=r"black-box simulator\(s\) \['_cubic'\]"):
+        bayesinv.infer(blackbox_model, np.array([1.0, 0.5]), method="nuts", progress=False)
