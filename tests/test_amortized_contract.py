@@ -204,6 +204,17 @@ def test_fit_reports_the_estimated_training_time(caplog):
                for r in caplog.records)  # fmt: skip
 
 
+def test_data_from_a_store_path(tmp_path):
+    store = tmp_path / "pairs.zarr"
+    data = bayesinv.simulate(LG.model, 100, seed=0, path=store, progress=False)
+    common = dict(method="flow", hidden=(8,), num_transforms=1, max_epochs=None, max_steps=3, seed=0, progress=False)
+    from_path = bayesinv.fit(LG.model, data=str(store), **common)
+    in_memory = bayesinv.fit(LG.model, data=data, **common)
+    y = observation("flow")
+    assert torch.equal(from_path.sample(y, 4, seed=0)["theta"], in_memory.sample(y, 4, seed=0)["theta"])
+    assert from_path.info["num_simulations"] == 100
+
+
 def test_none_seed_is_fresh_and_recorded(posts):
     post = posts["flow"]
     y = observation("flow")

@@ -25,16 +25,6 @@ from bayesinv.problem import Problem
 __all__ = ["Pairs", "training_data", "split_sites", "prepare_pairs"]
 
 
-def _open(data: Any):
-    import xarray as xr
-
-    try:
-        from bayesinv.data import open_data  # validates a store before decoding it
-    except ImportError:
-        return xr.open_zarr(data, consolidated=False)
-    return open_data(data)
-
-
 def training_data(
     problem: Problem,
     target: tuple[str, ...],
@@ -60,14 +50,14 @@ def training_data(
     """
     import xarray as xr
 
-    from bayesinv.data import simulate
+    from bayesinv.data import open_data, simulate
 
     if data is None:
         if num_simulations is None:
             raise ProblemError("give num_simulations= (simulate now) or data= (a dataset from bayesinv.simulate)")
         data = simulate(problem, int(num_simulations), seed=seed, progress=progress, chunk_size=min(int(num_simulations), 5000))
     elif isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
-        data = _open(data)
+        data = open_data(data)  # checks the store's arrays and codecs before decoding anything
     if isinstance(data, xr.Dataset):
         held = sorted(map(str, data.data_vars))
         read = lambda n: np.asarray(data[n].values)  # noqa: E731
