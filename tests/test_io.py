@@ -162,3 +162,10 @@ def test_weights_that_are_not_a_dict_of_tensors_or_do_not_fit(tmp_path):
     refused(write(tmp_path / "shape.bayesinv", meta, {**tensors, key: torch.zeros(3, 3)}), "has shape")
     refused(write(tmp_path / "extra.bayesinv", meta, tensors, extra={"evil.py": b"print(1)"}), "members")
     refused(write(tmp_path / "types.bayesinv", {**meta, "transforms": [1]}, tensors), "transforms")
+
+
+def test_meta_values_of_the_wrong_kind(tmp_path):
+    meta, tensors = parts("flow")
+    for key, value in (("transforms", {"theta": "sqrt"}), ("transforms", {"other": "log"}), ("observed", ["nope"]),
+                       ("observed", [1]), ("obs_keys", {"y": 3}), ("info", 5)):  # fmt: skip
+        refused(write(tmp_path / "k.bayesinv", {**meta, key: value}, tensors), key)

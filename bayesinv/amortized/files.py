@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from bayesinv.amortized.layout import Layout, Normalizer, resolve_device
-from bayesinv.errors import PosteriorFileError, ProblemError
+from bayesinv.amortized.layout import Layout, Normalizer, check_transforms, resolve_device
+from bayesinv.errors import OptionError, PosteriorFileError, ProblemError
 
 __all__ = ["save_posterior", "load_posterior", "check_meta"]
 
@@ -175,6 +175,15 @@ def load_posterior(meta: dict, tensors: dict, *, device: Any = "cpu"):
     from bayesinv.amortized.posterior import AmortizedPosterior
 
     target, condition = check_meta(meta)
+    try:
+        check_transforms(meta.get("transforms"), target.names)
+    except OptionError as exc:
+        raise PosteriorFileError(f"meta 'transforms': {exc}") from None
+    observed, obs_keys = meta.get("observed") or [], meta.get("obs_keys") or {}
+    if not all(isinstance(n, str) and n in condition.names for n in observed):
+        raise PosteriorFileError(f"meta 'observed' must list conditioning sites {list(condition.names)}, got {observed!r:.100}")
+    if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in obs_keys.items()):
+        raise PosteriorFileError("meta 'obs_keys' must map site names to strings or null")
     try:
         method = get_amortized(meta["method"])
     except ProblemError as exc:
