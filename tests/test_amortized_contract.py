@@ -172,6 +172,22 @@ def test_bad_options_are_refused_before_any_simulation(method):
         bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, **samplr)
 
 
+def test_csd_star_bad_options_are_refused_before_any_simulation():
+    def counting_field_model(y=None):
+        CALLS["n"] += 1
+        return field_model(y)
+
+    for bad in (dict(insert_step=2000), dict(steps=0), dict(process="ncsn"), dict(gn_options=3), dict(sampler="ode")):
+        CALLS["n"] = 0
+        with pytest.raises(OptionError):
+            bayesinv.fit(counting_field_model, method="csd_star", target="field", num_simulations=50, **bad)
+        assert CALLS["n"] == 0
+    CALLS["n"] = 0
+    with pytest.raises(OptionError, match="chunk_size"):
+        bayesinv.infer(counting_field_model, np.ones(3), method="csd_star", target="field", num_simulations=50, chunk_size=0)
+    assert CALLS["n"] == 0
+
+
 @pytest.mark.parametrize("method", ["cond_score", "flow", "vae"])
 def test_one_way_to_set_options(method):
     spec = get_amortized(method)
