@@ -274,6 +274,19 @@ def cond_score(args) -> dict:
     return out
 
 
+def _panels(truth, y, draws, name: str) -> None:
+    r"""truth / wrapped measurement / three draws / mean / std / error of E', as ``benchmarks/results/<name>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from _common import RESULTS
+    from bayesinv.diagnostics import plot_field_panels
+
+    fig = plot_field_panels(truth, y, draws[:3], draws.mean(0), draws.std(0), panel_size=2.6,
+                            titles={"truth": "true E' = log10(E/E_h)", "measurement": "wrapped phase (rad)"})
+    fig.savefig(RESULTS / f"{name}.png", dpi=70)
+
+
 def full(args) -> dict:
     problem = oce.OCESpheroid(args.image_size, workers=args.workers, element_size=args.element_size)
     path = OUT / f"full_{args.image_size}_{args.num_train}_{args.element_size:g}.zarr"
@@ -281,6 +294,9 @@ def full(args) -> dict:
     ds = bayesinv.simulate(problem.model, args.num_train + args.num_test, seed=0, dims=problem.dims, path=path,
                            progress=False, chunk_size=250)
     sim_time = time.perf_counter() - t0
+    if args.simulate_only:
+        print(f"simulated {args.num_train + args.num_test} draws into {path} in {sim_time:.0f} s")
+        return {"sim_time_s": sim_time, "path": str(path)}
     train = ds.isel(draw=slice(0, args.num_train))[["E_rel", "y"]].load()
     test = ds.isel(draw=slice(args.num_train, None))[["E_rel", "y"]].load()
     if args.augment:
@@ -306,8 +322,7 @@ def full(args) -> dict:
         rows.append({"mean_rmse_vs_truth": err[-1], "true_area": area(truth), "mean_area": float(np.mean([area(d) for d in draws])),
                      "true_modulus": modulus(truth), "inside_pixels": int(inside_t.sum())})
         if i == 0:
-            OUT.mkdir(parents=True, exist_ok=True)
-            np.savez(OUT / f"full_{n}_test0.npz", truth=truth, y=test["y"].values[0], draws=draws[:3], mean=m, std=draws.std(0))
+            _panels(truth, test["y"].values[0], draws, f"oce_full_{n}_panels" + (f"_{args.tag}" if args.tag else ""))
     prior_err = _rmse(np.log10(train["E_rel"].values[: args.num_test * 10]).mean(0), np.log10(test["E_rel"].values).mean(0))
     out = {"sim_time_s": sim_time, "fit_time_s": fit_time, "num_pairs": int(data["E_rel"].shape[0]),
            "mean_rmse_vs_truth": float(np.mean(err)), "ranks_area": ranks_area, "ranks_modulus": ranks_mod,
@@ -344,12 +359,13 @@ def main() -> None:
     parser.add_argument("--t-min", type=float, default=1e-3)
     parser.add_argument("--augment", action="store_true", help="full: sixfold augmentation of the training draws")
     parser.add_argument("--published", action="store_true", help="full: the Table 2 settings (GPU)")
+    parser.add_argument("--simulate-only", action="store_true", help="full: only simulate (resumably) the training and test draws")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
     if args.num_draws is None:
-        args.num_draws = {"convergence": 3, "throughput": 5, "wrap": 200}.get(args.what, 32)
+        args.num_draws = {"convergence": 3, "throughput": 5, "wrap": 200, "full": 16}.get(args.what, 32)
     set_threads(args.threads)
     payload = {"meta": metadata(MACHINE), "args": vars(args)}
     payload["result"] = globals()[args.what](args)

@@ -365,8 +365,8 @@ class SpheroidSolver:
         element_size: The element side in the window (µm); a multiple or an integer
             fraction of the pixel size 256 / image_size. Default 8 µm (2 × 2 pixels per
             element at 64, 4 × 4 at 128, 8 × 8 at 256): the largest phase error
-            against 2 µm elements is 0.08 rad at the mean top displacement, a
-            fifth of the smallest noise sd (docs/physics_models.md).
+            against 2 µm elements is 0.12 rad at the mean top displacement (3 prior
+            draws at 64 px), half the smallest noise sd (docs/physics_models.md).
         grading: Growth ratio of the cells in the padding.
         poisson: ν.
 

@@ -90,7 +90,8 @@ def test_nuclei_keep_2um_from_each_other_and_from_the_boundary_on_many_draws():
         assert 1 <= len(radii) <= target
         counts.append(len(radii))
         targets.append(target)
-    # random sequential placement jams below the published density (measured: 10-22 of 24-64 wanted)
+    # random sequential placement jams below the published density (200 prior draws: 8-25 placed, mean 15.6,
+    # of 21-55 wanted, mean 37.5)
     assert 8 <= np.mean(counts) <= 25 and np.mean(targets) > np.mean(counts)
 
 
