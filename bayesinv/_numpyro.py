@@ -418,6 +418,8 @@ def _run(problem, n, keys, fixed_j, arg, has_y: bool, log_prior: bool, vectorize
 
 
 # -- NUTS -----------------------------------------------------------------------------------
+_MCMC: dict[tuple, Any] = {}  # compiled NUTS runs, most recently used last
+
 def default_chain_method(num_chains: int) -> str:
     r"""``"parallel"`` when JAX sees a device per chain, else ``"vectorized"`` (all chains in one
     vmapped program: measured faster than ``"sequential"`` on CPU, docs/benchmarks.md)."""
@@ -447,11 +449,18 @@ def nuts(
     from numpyro.infer import MCMC, NUTS, init_to_median, init_to_sample, init_to_uniform
 
     inits = {"uniform": init_to_uniform, "median": init_to_median, "sample": init_to_sample}
-    kernel = NUTS(problem.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-                  dense_mass=dense_mass, init_strategy=inits[init_strategy]())  # fmt: skip
     method = chain_method or default_chain_method(num_chains)
-    mcmc = MCMC(kernel, num_warmup=warmup_steps, num_samples=num_samples, num_chains=num_chains,
-                chain_method=method, progress_bar=bool(progress))  # fmt: skip
+    key = (id(problem.model), tuple(problem.sites), num_samples, num_chains, warmup_steps, target_accept_prob,
+           max_tree_depth, dense_mass, init_strategy, method, bool(progress))  # fmt: skip
+    mcmc = _MCMC.pop(key, None)
+    if mcmc is None:  # compiled once per model and settings; y is an argument (jit_model_args), not a constant
+        kernel = NUTS(problem.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+                      dense_mass=dense_mass, init_strategy=inits[init_strategy]())  # fmt: skip
+        mcmc = MCMC(kernel, num_warmup=warmup_steps, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=method, progress_bar=bool(progress), jit_model_args=True)  # fmt: skip
+    _MCMC[key] = mcmc
+    while len(_MCMC) > 8:
+        _MCMC.pop(next(iter(_MCMC)))
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy", "adapt_state.step_size")
     mcmc.run(_key(seed), to_jax(problem.model_argument(y)), extra_fields=fields)
     samples = mcmc.get_samples(group_by_chain=True)

@@ -154,3 +154,30 @@ def test_a_blackbox_simulator_in_a_numpyro_model_runs_batched_and_is_refused_by_
     assert _cubic.num_calls - calls < 2 * 2 * 12 * 10 + 4
     with pytest.raises(ProblemError, match=r"black-box simulator\(s\) \['_cubic'\]"):
         bayesinv.infer(blackbox_model, np.array([1.0, 0.5]), method="nuts", progress=False)
+
+
+def test_both_languages_give_the_same_importance_posterior():
+    y, mean, sd = _exact()
+    runs = [bayesinv.infer(m, y, method="importance", num_samples=4000, num_proposals=100_000, seed=3, progress=False)
+            for m in (LG.model, LG.numpyro_model)]  # fmt: skip
+    (a, b) = [r.posterior["theta"].values.reshape(-1, 3) for r in runs]
+    ess = min(float(r.sample_stats["ess"]) for r in runs)
+    se = sd * np.sqrt(2 / min(ess, 4000))  # standard error of a difference of two independent means
+    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * se), (a.mean(0), b.mean(0), se)
+    assert np.all(np.abs(a.std(0) / b.std(0) - 1) < 0.1)
+
+
+def test_deblurring_twins_and_numpyro_nuts_against_the_exact_field_posterior():
+    from bayesinv.models.deblurring import Deblurring
+
+    problem = Deblurring(size=6, length_scale=2.0)
+    a, b = bayesinv.trace_problem(problem.model), bayesinv.trace_problem(problem.numpyro_model)
+    assert {k: (s.kind, s.shape) for k, s in a.sites.items()} == {k: (s.kind, s.shape) for k, s in b.sites.items()}
+    _, y = problem.draw(seed=0)
+    mean, sd = problem.posterior(y)
+    idata = bayesinv.infer(problem.numpyro_model, y, method="nuts", num_samples=400, warmup_steps=300, num_chains=2,
+                           target="x", seed=0, progress=False)  # fmt: skip
+    post = idata.posterior["x"].values.reshape(-1, 6, 6)
+    assert set(idata.posterior.data_vars) == {"x"}  # R-hat and ESS on the target, not on the whitening latent z
+    assert np.abs(post.mean(0) - mean).max() < 5 * sd.max() / np.sqrt(200)  # ESS >= 200 of 800 draws
+    assert 0.85 < (post.std(0) / sd).min() and (post.std(0) / sd).max() < 1.15
