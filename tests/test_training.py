@@ -177,3 +177,4 @@ def test_kills_at_random_moments_leave_a_loadable_checkpoint_and_the_run_finishe
     done = subprocess.run([sys.executable, "-c", WORKER, str(path), str(total)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["done", str(total)] and read_checkpoint(path)["step"] == total
+    assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []  # what killed writers left is cleaned up

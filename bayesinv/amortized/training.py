@@ -190,6 +190,7 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _remove_stale_temporaries(path)
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     except OSError:
@@ -200,6 +201,24 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    r"""Removes ``<path>.tmp<pid>`` files left by writers that were killed mid-write (their process is gone)."""
+    folder, base = os.path.split(os.path.abspath(path))
+    for name in os.listdir(folder):
+        pid = name[len(base) + 4 :]
+        if not name.startswith(base + ".tmp") or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # still alive: leave its file alone
+        except ProcessLookupError:
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+        except OSError:
+            pass
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
