@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.distributions import biject_to
 
+from bayesinv._arviz import az
 from bayesinv._checks import check_count, check_real, check_seed
 from bayesinv.errors import OptionError
 from bayesinv.methods._mcmc_util import complete_draws, convergence
@@ -74,6 +75,21 @@ def _log_density(problem, y, layout, u, seed) -> tuple[torch.Tensor, int]:
     return torch.where(ok, lp, torch.tensor(-math.inf, dtype=torch.float64)), int((~batch.valid).sum())
 
 
+def _auto_thin(history: list[torch.Tensor]) -> int:
+    r"""The rounded integrated autocorrelation time (largest over coordinates) of warm-up states, in [1, 10]."""
+    if len(history) < 20:
+        return 1
+    draws = torch.stack(history, 1).numpy()  # (chain, step, D)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ess = np.asarray(az.ess(az.convert_to_dataset({"u": draws}))["u"].values).reshape(-1)
+    ess = ess[np.isfinite(ess) & (ess > 0)]
+    if ess.size == 0:
+        return 10
+    tau = draws.shape[0] * draws.shape[1] / float(ess.min())
+    return int(min(10, max(1, round(tau))))
+
+
 @register_method("mcmc")
 def mcmc(
     problem: Problem,
@@ -85,7 +101,7 @@ def mcmc(
     progress: bool | None = None,
     num_chains: int = 4,
     warmup_steps: int | None = None,
-    thin: int = 1,
+    thin: int | None = None,
     initial_scale: float = 0.1,
     target_accept: float = 0.234,
 ) -> Draws:
@@ -102,7 +118,10 @@ def mcmc(
             size, progress and time left are logged to logger ``bayesinv``).
         num_chains: The number of chains (run together as one batch).
         warmup_steps: Adaptation steps per chain, discarded (default ``2 * num_samples``).
-        thin: Keep every ``thin``-th step after warm-up.
+        thin: Keep every ``thin``-th step after warm-up; ``None`` (default) sizes it from the
+            run itself: the integrated autocorrelation time of the last quarter of the
+            warm-up, rounded, between 1 and 10, so the kept draws are close to independent
+            and an easy problem's R-hat does not warn for lack of effective draws.
         initial_scale: Initial proposal standard deviation in unconstrained space.
         target_accept: Acceptance rate the warm-up tunes the proposal scale towards.
 
@@ -115,14 +134,15 @@ def mcmc(
         raise ProblemError(f"method 'mcmc' moves continuous latent sites only; {discrete} are discrete")
     num_samples = check_count("num_samples", num_samples, error=OptionError)
     num_chains = check_count("num_chains", num_chains, error=OptionError)
-    thin = check_count("thin", thin, error=OptionError)
+    thin = None if thin is None else check_count("thin", thin, error=OptionError)
     seed = check_seed(seed)
     warmup = 2 * num_samples if warmup_steps is None else check_count("warmup_steps", warmup_steps, minimum=0, error=OptionError)
     initial_scale = check_real("initial_scale", initial_scale, low=0.0, low_open=True)
     target_accept = check_real("target_accept", target_accept, low=0.0, high=1.0, low_open=True, high_open=True)
     _log.info(
-        "mcmc: %d chain(s) moved together, %s warm-up + %s x thin %d steps = %s model runs of %d draws%s",
-        num_chains, f"{warmup:,}", f"{num_samples:,}", thin, f"{warmup + num_samples * thin:,}", num_chains,
+        "mcmc: %d chain(s) moved together, %s warm-up + %s x thin %s steps = %s model runs of %d draws%s",
+        num_chains, f"{warmup:,}", f"{num_samples:,}", thin or "(auto, 1-10)",
+        f"{warmup + num_samples * (thin or 1):,}" + ("" if thin else " or more"), num_chains,
         " (warm-up defaults to 2 * num_samples)" if warmup_steps is None else "",
     )
     gen = torch.Generator().manual_seed(chunk_seed(seed, -7))
@@ -143,11 +163,16 @@ def mcmc(
     chol = torch.eye(D, dtype=torch.float64) * initial_scale
     log_scale = 0.0
     history: list[torch.Tensor] = []
-    total = warmup + num_samples * thin
     kept_u, kept_acc, kept_lp, kept_scale = [], [], [], []
     failures = 0
-    bar = progress_bar(total, "mcmc", progress, unit="steps")
-    for step in range(total):
+    bar = progress_bar(warmup + num_samples * (thin or 1), "mcmc", progress, unit="steps")
+    step = -1
+    while len(kept_u) < num_samples:
+        step += 1
+        if step == warmup and thin is None:
+            thin = _auto_thin(history[-max(1, warmup // 4) :])
+            bar.total = warmup + num_samples * thin
+            _log.info("mcmc: thin %d (autocorrelation time of the warm-up's last quarter)", thin)
         z = torch.randn(num_chains, D, generator=gen, dtype=torch.float64)
         proposal = u + math.exp(log_scale) * z @ chol.T
         lp_new, failed = _log_density(problem, y, layout, proposal, chunk_seed(seed, step))
@@ -177,7 +202,7 @@ def mcmc(
     values, _ = layout.to_constrained(U.reshape(-1, D), problem)
     latents = {n: v.reshape(num_chains, num_samples, *v.shape[1:]).numpy() for n, v in values.items()}
     posterior = complete_draws(problem, y, latents, target)
-    diag = convergence(latents, "mcmc")
+    diag = convergence(posterior, "mcmc")  # on the sites asked for
     if failures:
         warnings.warn(f"mcmc: {failures} proposals failed to simulate and were rejected", RuntimeWarning, stacklevel=3)
     accept_rate = float(torch.stack(kept_acc).double().mean())
@@ -193,6 +218,7 @@ def mcmc(
             "acceptance_rate": accept_rate,
             "num_chains": num_chains,
             "warmup_steps": warmup,
+            "thin": thin,
             "num_failed": failures,
             "seed": seed,
         },
