@@ -679,7 +679,7 @@ def simulate(
     model: Callable | Problem,
     n: int,
     *,
-    seed: int | None = None,
+    seed: int | None = 0,
     path: str | os.PathLike | None = None,
     chunk_size: int = 1000,
     dims: Mapping[str, list[str]] | None = None,
@@ -700,7 +700,7 @@ def simulate(
     Arguments:
         model: A Pyro model ``model(y=None)`` (or a traced problem).
         n: The number of (successful) draws.
-        seed: The seed; the same seed gives the same dataset. ``None`` draws a fresh
+        seed: The seed (default 0, like every entry point); the same seed gives the same dataset. ``None`` draws a fresh
             random seed — or, when ``path`` holds a run of this model with the same other
             settings, resumes it with the store's seed (``overwrite=True`` then draws a
             fresh one). The seed used is recorded in the store and in ``attrs["seed"]``.

@@ -180,9 +180,10 @@ def test_failing_simulator_is_counted_and_excluded():
 
 def test_seed_none_draws_a_seed_and_a_resume_keeps_the_stores_seed(tmp_path):
     lg = LinearGaussian(dim=2)
-    a = bayesinv.simulate(lg.model, 50, chunk_size=10, progress=False)
-    b = bayesinv.simulate(lg.model, 50, chunk_size=10, progress=False)
+    a = bayesinv.simulate(lg.model, 50, seed=None, chunk_size=10, progress=False)
+    b = bayesinv.simulate(lg.model, 50, seed=None, chunk_size=10, progress=False)
     assert isinstance(a.attrs["seed"], int) and a.attrs["seed"] != b.attrs["seed"]
+    assert bayesinv.simulate(lg.model, 5, progress=False).attrs["seed"] == 0  # the default, as for infer and fit
     np.testing.assert_array_equal(
         a["theta"].values, bayesinv.simulate(lg.model, 50, seed=a.attrs["seed"], chunk_size=10, progress=False)["theta"].values
     )
