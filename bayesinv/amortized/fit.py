@@ -109,7 +109,8 @@ def fit_posterior(
             ``resume``, ``device``, ``build``.
 
     Returns:
-        The posterior (``method.posterior`` or :class:`~bayesinv.amortized.posterior.AmortizedPosterior`).
+        The posterior (``method.posterior`` or :class:`~bayesinv.amortized.posterior.AmortizedPosterior`),
+        with the problem attached (deterministic sites from latent draws).
     """
     from bayesinv.amortized.posterior import AmortizedPosterior
 
@@ -147,9 +148,10 @@ def fit_posterior(
             result = run(method.loss(cfg, net, settings), net, (pairs.x, pairs.c))
             net, results, extra = (result.ema_model if result.ema_model is not None else result.model), [result], {}
     cls = method.posterior or AmortizedPosterior
-    return cls(
+    post = cls(
         method, net, target=pairs.target, condition=pairs.condition, x_norm=pairs.x_norm, c_norm=pairs.c_norm,
         transforms=common["transforms"], observed=pairs.observed, obs_keys=pairs.obs_keys, config=settings,
         info=info_record(pairs, seed, t0, results, extra), device=dev, saveable=common["build"] is None,
         **common["extras"],
     )  # fmt: skip
+    return post.attach(problem)  # the model replays deterministic sites from latent draws

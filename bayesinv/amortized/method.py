@@ -41,6 +41,7 @@ __all__ = [
     "check_int",
     "check_float",
     "check_choice",
+    "map_rows",
 ]
 
 #: Options of every learned method's fit besides its config fields.
@@ -157,7 +158,12 @@ class AmortizedMethod:
         rebuild: ``rebuild(settings) -> net``: the network of a saved posterior.
         loss: ``loss(cfg, net, settings) -> loss_fn(module, x, c)``.
         sample: ``sample(post, c, n, generator, scfg) -> (x (B, n, D), stats)``.
-        log_prob: ``log_prob(post, x, c) -> (N,)`` on normalised flat tensors, or ``None``.
+        log_prob: ``log_prob(post, x, c) -> (N,)`` on normalised flat tensors, or ``None``; with
+            ``density`` given, ``log_prob(post, x, c, scfg, generator) -> ((N,), std_error (N,))``.
+        density: For a method whose density depends on the sampler settings (an ODE):
+            ``density(settings) -> options``, the sampler options under which ``log_prob`` is the
+            density of the sampler's draws (the defaults of ``post.log_prob`` and
+            ``post.sample_and_log_prob``); it raises when the fitted settings have no density.
         train: Optional ``train(net, pairs, cfg, settings, run, seed) -> (net, results, extra_info)`` for
             a method that trains in stages; ``run(loss_fn, module, data, suffix)`` is the shared loop.
         check_sample: Optional ``check_sample(settings, scfg, given)`` refusing sampling
@@ -179,6 +185,7 @@ class AmortizedMethod:
     loss: Callable
     sample: Callable
     log_prob: Callable | None = None
+    density: Callable | None = None
     train: Callable | None = None
     check_sample: Callable | None = None
     conditional: bool = True
@@ -312,3 +319,24 @@ def split_options(method: AmortizedMethod, options: Mapping[str, Any]) -> tuple[
             f" options are {sorted(sample_names)}"
         )
     return ({k: v for k, v in options.items() if k in fit_names}, {k: v for k, v in options.items() if k in sample_names})
+
+
+def map_rows(fn: Callable, x: Any, c: Any, owner: Any, chunk_size: int) -> tuple[list, int]:
+    r"""Applies ``fn(x_chunk, c_chunk) -> (out, nfe)`` to chunks of ``chunk_size`` rows.
+
+    Arguments:
+        fn: The per-chunk computation (a sampler or a density).
+        x: Rows ``(R, D)``.
+        c: Conditions ``(B, C)``; row ``i`` is conditioned on ``c[owner[i]]``.
+        owner: ``(R,)`` indices into ``c``.
+        chunk_size: Rows per call.
+
+    Returns:
+        The list of outputs and the largest ``nfe``.
+    """
+    out, nfe = [], 0
+    for start in range(0, x.shape[0], chunk_size):
+        res, k = fn(x[start : start + chunk_size], c[owner[start : start + chunk_size]])
+        out.append(res)
+        nfe = max(nfe, int(k))
+    return out, nfe

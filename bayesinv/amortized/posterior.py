@@ -4,8 +4,17 @@ r"""The posterior object of every learned method: q(target | y) behind one user-
   for a batch of observations, all sampled in one call);
 - ``post.infer(y, num_samples=..., seed=...)`` → :class:`arviz.InferenceData`;
 - ``post(y)`` → a Pyro guide that samples the target sites;
-- ``post.log_prob(values, y)`` for methods with a density;
+- ``post.log_prob(values, y)`` for methods with a density (flow, and the ODE posteriors
+  cond_score and flow_matching: the density of the ODE sampler's draws);
 - ``post.save(path)`` / :func:`bayesinv.load`.
+
+Fields from latent draws: a posterior whose target holds every latent sample site of the
+model returns the model's deterministic sites too (a field ``mu`` computed from an inclusion
+centre), by replaying the model with the drawn latents (as Pyro's ``Predictive``; see
+:func:`bayesinv.problem.run_batch`): ``post.infer`` and the guide do it by default,
+``post.sample`` with ``deterministic=True``. The fit keeps the traced model; a file does not
+hold it, so after :func:`bayesinv.load` call ``post.attach(model)`` (or pass ``model=`` to
+``post.infer``) first.
 
 The method (an :class:`~bayesinv.amortized.method.AmortizedMethod`) supplies the sampler
 on normalised flat tensors; this class does conditioning, seeding, option validation,
@@ -14,6 +23,7 @@ normalisation and transforms, batching and the InferenceData layout.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Mapping, Sequence
 
@@ -28,8 +38,25 @@ from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms, reso
 from bayesinv.amortized.method import AmortizedMethod, make_sampler_config
 from bayesinv.errors import ProblemError
 from bayesinv.idata import to_inference_data
+from bayesinv.problem import Problem, as_problem, run_batch
 
 __all__ = ["AmortizedPosterior"]
+
+
+@contextlib.contextmanager
+def _outside_pyro():
+    r"""Runs a nested model (the guide's replay) as at top level: Pyro's handler stack and plate dims
+    are set aside for the block (the caller's plates would collide with the replay's) and restored after it."""
+    from pyro.poutine import runtime
+
+    stack, dims = runtime._PYRO_STACK[:], runtime._DIM_ALLOCATOR._stack[:]
+    runtime._PYRO_STACK.clear()
+    runtime._DIM_ALLOCATOR._stack.clear()
+    try:
+        yield
+    finally:
+        runtime._PYRO_STACK[:] = stack
+        runtime._DIM_ALLOCATOR._stack[:] = dims
 
 
 class AmortizedPosterior:
@@ -82,6 +109,72 @@ class AmortizedPosterior:
         self.config = dict(config or {})
         self.info = dict(info or {})
         self.saveable = saveable
+        self.problem: Problem | None = None
+
+    # -- the model, for deterministic sites -------------------------------------------
+    def attach(self, model: Any) -> "AmortizedPosterior":
+        r"""Keeps ``model`` (a Pyro/NumPyro model or a traced :class:`~bayesinv.problem.Problem`) to
+        compute its deterministic sites from the drawn latents; :func:`bayesinv.fit` does it.
+
+        Arguments:
+            model: The model the posterior was fitted on (its target sites with the same shapes).
+
+        Returns:
+            The posterior itself.
+
+        Example:
+            >>> post = bayesinv.load("lg.bayesinv").attach(model)
+            >>> post.sample(y_obs, 100, deterministic=True)["mean_y"].shape
+        """
+        problem = as_problem(model)
+        for name, shape in zip(self.target.names, self.target.shapes):
+            site = problem.sites.get(name)
+            if site is None or tuple(site.shape) != tuple(shape):
+                found = None if site is None else tuple(site.shape)
+                raise ProblemError(f"the model does not fit this posterior: target site {name!r} has shape {found} in it, {tuple(shape)} here")
+        self.problem = problem
+        return self
+
+    def deterministic_sites(self) -> tuple[str, ...]:
+        r"""The model's deterministic sites this posterior can compute (``()`` without a model, or
+        when the target misses a latent site: replaying would draw it from the prior)."""
+        if self.problem is None or not set(self.problem.latent) <= set(self.target.names):
+            return ()
+        return tuple(n for n in self.problem.deterministic if n not in self.target.names)
+
+    def _replay(self, values: dict[str, Tensor], y: Any, batch: tuple[int, ...], n: int, seed: int) -> dict[str, Tensor]:
+        r"""``values`` with the model's deterministic sites computed from them, per observation."""
+        if self.problem is None:
+            raise ProblemError(
+                "deterministic sites need the model, which a saved file does not hold: call post.attach(model)"
+                " after bayesinv.load, or pass model= to post.infer"
+            )
+        missing = [n for n in self.problem.latent if n not in self.target.names]
+        if missing:
+            raise ProblemError(
+                f"deterministic sites are computed by replaying the model with the drawn latents, but this posterior"
+                f" does not draw the latent site(s) {missing}: fit with target= every latent site"
+            )
+        names = self.deterministic_sites()
+        if not names:
+            return values
+        problem = self.problem
+        # the observation conditions the replay where it is the model's (not for implicit laws or extra conditions)
+        ys = None
+        if set(self.condition.names) == set(problem.observed) and not problem.implicit:
+            ys, _ = problem.check_y(y, allow_batch=True)
+        out: dict[str, list[Tensor]] = {k: [] for k in names}
+        for index in np.ndindex(*batch):
+            fixed = {k: values[k][index] for k in problem.latent}
+            obs = None if ys is None else {k: v[index] for k, v in ys.items()}
+            run = run_batch(problem, n, y=obs, fixed=fixed, seed=seed)
+            for k in names:
+                out[k].append(run.values[k])
+        full = dict(values)
+        for k in names:
+            v = torch.stack(out[k])
+            full[k] = v.reshape(*batch, *v.shape[1:])
+        return full
 
     # -- conditioning -----------------------------------------------------------------
     def _condition_tensor(self, y: Any) -> tuple[Tensor, tuple[int, ...]]:
@@ -126,7 +219,8 @@ class AmortizedPosterior:
 
     # -- public API -------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, y: Any, n: int = 1000, *, seed: int | None = None, **options: Any) -> dict[str, Tensor]:
+    def sample(self, y: Any, n: int = 1000, *, seed: int | None = None, deterministic: bool = False,
+               **options: Any) -> dict[str, Tensor]:  # fmt: skip
         r"""Draws ``n`` posterior samples of every target site for each observation.
 
         Arguments:
@@ -134,6 +228,8 @@ class AmortizedPosterior:
                 dict keyed by conditioning site name.
             n: Draws per observation.
             seed: An integer in ``[0, 2**63)``, or ``None`` for a fresh random seed.
+            deterministic: Also return the model's deterministic sites, computed by replaying the
+                model with the drawn latents (needs the model: see :meth:`attach`).
             options: Sampling options of the method (fields of its sampler config).
 
         Returns:
@@ -143,7 +239,11 @@ class AmortizedPosterior:
             >>> post.sample(y_obs, 1000, seed=0)["theta"].shape
             torch.Size([1000, 2])
         """
-        return self._sample_with_stats(y, n, seed=check_seed(seed), scfg=self.sampler_config(**options))[0]
+        seed = check_seed(seed)
+        values = self._sample_with_stats(y, n, seed=seed, scfg=self.sampler_config(**options))[0]
+        if deterministic:
+            values = self._replay(values, y, self._condition_tensor(y)[1], n, seed)
+        return values
 
     def _sample_with_stats(self, y: Any, n: int, *, seed: int, scfg: Any) -> tuple[dict[str, Tensor], dict]:
         n = check_count("number of draws", n)
@@ -163,6 +263,8 @@ class AmortizedPosterior:
         seed: int | None = 0,
         dims: Mapping[str, list[str]] | None = None,
         coords: Mapping[str, Any] | None = None,
+        model: Any = None,
+        deterministic: bool | None = None,
         **options: Any,
     ):
         r"""Posterior draws for ``y`` as :class:`arviz.InferenceData` (a list for a batch of observations).
@@ -172,6 +274,10 @@ class AmortizedPosterior:
             num_samples: Draws per observation.
             seed: An integer in ``[0, 2**63)``, or ``None`` for a fresh one (recorded in ``attrs``).
             dims, coords: ArviZ dims and coordinates of the sites.
+            model: The model, attached first (:meth:`attach`; for a loaded posterior).
+            deterministic: Add the model's deterministic sites to ``posterior``: ``None`` (default)
+                whenever the model is known and the target holds every latent site; ``True``
+                insists (an error says why it cannot); ``False`` never.
             options: Sampling options of the method.
 
         Returns:
@@ -181,9 +287,13 @@ class AmortizedPosterior:
         seed = check_seed(seed)
         scfg = self.sampler_config(**options)
         t0 = time.perf_counter()
+        if model is not None:
+            self.attach(model)
         values, stats = self._sample_with_stats(y, num_samples, seed=seed, scfg=scfg)
-        elapsed = time.perf_counter() - t0
         _, batch = self._condition_tensor(y)
+        if deterministic or (deterministic is None and self.deterministic_sites()):
+            values = self._replay(values, y, batch, num_samples, seed)
+        elapsed = time.perf_counter() - t0
         attrs = {
             "sample_time_s": elapsed,
             "fit_time_s": self.info.get("fit_time_s"),
@@ -215,50 +325,84 @@ class AmortizedPosterior:
             return one(values, observed_of(()))
         return [one({k: v[index] for k, v in values.items()}, observed_of(index)) for index in np.ndindex(*batch)]
 
-    @torch.no_grad()
-    def log_prob(self, values: Mapping[str, Any], y: Any) -> Tensor:
-        r"""log q(target | y) in site units for target values ``(*B, *shape)`` (methods with a density only).
-
-        Arguments:
-            values: Site → values.
-            y: The observation (one, broadcast over ``values``, or one per value).
-
-        Returns:
-            ``(*B,)`` log-densities.
-        """
+    def _density_config(self, options: Mapping[str, Any]) -> Any:
+        r"""The sampler config whose draws ``log_prob`` scores (the method's density options, then ``options``)."""
         if self.spec.log_prob is None:
             raise ProblemError(self.spec.no_density or f"method {self.method!r} has no density: it can be sampled, not scored")
+        base = {} if self.spec.density is None else self.spec.density(self.config)
+        return self.sampler_config(**{**base, **options})
+
+    @torch.no_grad()
+    def log_prob(self, values: Mapping[str, Any], y: Any, *, seed: int = 0, with_error: bool = False,
+                 **options: Any) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
+        r"""log q(target | y) in site units for target values ``(*B, *shape)`` (methods with a density only).
+
+        For an ODE posterior (cond_score, flow_matching) this is the density of the draws of
+        ``post.sample(y, **options)`` under the same sampling options (for cond_score the
+        probability-flow ODE without the final denoising step: ``sampler="ode", denoise=False``
+        are the defaults here), by the instantaneous change of variables: exact divergence for
+        small targets, else Hutchinson's estimator with ``num_probes`` probes, whose standard
+        error ``with_error=True`` returns.
+
+        Arguments:
+            values: Site → values (other sites, e.g. deterministic ones, are ignored).
+            y: The observation (one, broadcast over ``values``, or one per value).
+            seed: Seed of the Hutchinson probes.
+            with_error: Also return the standard error of each log-density (zeros when exact).
+            options: Sampling options of the method that define the sampler's law.
+
+        Returns:
+            ``(*B,)`` log-densities (and their standard errors with ``with_error``).
+        """
+        scfg = self._density_config(options)
         if self.transforms:
             raise NotImplementedError("log_prob with target transforms is not supported")
         c, batch = self._condition_tensor(y)
-        vals = {k: torch.as_tensor(np.asarray(v)).float() for k, v in values.items()}
+        vals = {k: torch.as_tensor(np.asarray(values[k])).float() for k in self.target.names}
         x = self.x_norm(self.target.flatten(vals).to(self.device))
         lead = x.shape[:-1]
         x = x.reshape(-1, self.target.dim)
         if c.shape[0] == 1 and x.shape[0] > 1:
             c = c.expand(x.shape[0], -1)
-        lp = self.spec.log_prob(self, x, c) - torch.log(torch.abs(self.x_norm.scale)).sum()
+        if self.spec.density is None:
+            lp, se = self.spec.log_prob(self, x, c), torch.zeros(x.shape[0], device=x.device)
+        else:
+            gen = torch.Generator(device=self.device).manual_seed(check_seed(seed))
+            lp, se = self.spec.log_prob(self, x, c, scfg, gen)
+        lp = lp - torch.log(torch.abs(self.x_norm.scale)).sum()
+        if with_error:
+            return lp.reshape(lead).cpu(), se.reshape(lead).cpu()
         return lp.reshape(lead).cpu()
 
-    def sample_and_log_prob(self, y: Any, n: int) -> tuple[dict[str, Tensor], Tensor]:
-        r"""``n`` draws and their log-density (a proposal for importance sampling)."""
-        if self.spec.log_prob is None:
-            raise ProblemError(self.spec.no_density or f"method {self.method!r} has no density")
-        values = self.sample(y, n)
-        return values, self.log_prob(values, y).double()
+    def sample_and_log_prob(self, y: Any, n: int, *, seed: int | None = None, **options: Any) -> tuple[dict[str, Tensor], Tensor]:
+        r"""``n`` draws and their log-density, under the same sampling options (a proposal for importance sampling)."""
+        self._density_config(options)
+        if self.spec.density is not None:
+            options = {**self.spec.density(self.config), **options}
+        if seed is None:  # from torch's global RNG, so a seeded caller (importance) is reproducible
+            seed = int(torch.randint(0, 2**62, (1,)))
+        values = self.sample(y, n, seed=seed, **options)
+        return values, self.log_prob(values, y, **options).double()
 
     def __call__(self, y: Any = None) -> dict[str, Tensor]:
-        r"""The Pyro guide: samples every target site from q(· | y)."""
+        r"""The Pyro guide: samples every target site from q(· | y) (seeded from torch's global RNG),
+        and records the model's deterministic sites, replayed, when it can (:meth:`deterministic_sites`)."""
         if y is None:
             raise ProblemError("the amortized posterior guide needs the observation y")
         plates = [f for f in pyro.poutine.runtime._PYRO_STACK if getattr(f, "name", None) == "_bayesinv_draws"]
         n = plates[0].size if plates else 1
-        values = self.sample(y, n)
+        seed = int(torch.randint(0, 2**62, (1,)))
+        values = self.sample(y, n, seed=seed)
         out = {}
         for name, v in values.items():
-            v = v if plates else v[0]
             event = len(self.target.shapes[self.target.names.index(name)])
-            out[name] = pyro.sample(name, dist.Delta(v, event_dim=event))
+            out[name] = pyro.sample(name, dist.Delta(v if plates else v[0], event_dim=event))
+        if self.deterministic_sites():
+            with _outside_pyro():  # the replay's own sites stay out of the caller's trace
+                full = self._replay(values, y, (), n, seed)
+            for name in self.deterministic_sites():
+                v = full[name]
+                out[name] = pyro.deterministic(name, v if plates else v[0], event_dim=v.dim() - 1)
         return out
 
     # -- persistence ------------------------------------------------------------------

@@ -12,7 +12,10 @@ score matching,
 Only forward simulation is needed. Sampling integrates the reverse process for every
 (observation, draw) pair in one batch: the probability-flow ODE (``"ode"``), the reverse
 SDE (``"sde"``), predictor–corrector (``"pc"``) or annealed Langevin dynamics
-(``"langevin"``, NCSN). The network is :class:`~bayesinv.nets.score.CondScoreNet` (an MLP
+(``"langevin"``, NCSN). With the probability-flow ODE (VE/VP, ``denoise=False``) the
+posterior has a density — ``post.log_prob`` is the density of that sampler's draws, by the
+instantaneous change of variables (:func:`~bayesinv.diffusion.samplers.probability_flow_log_prob`)
+— so it can be an importance-sampling ``proposal=``. The network is :class:`~bayesinv.nets.score.CondScoreNet` (an MLP
 for vectors, a U-Net for one 2-D field target).
 
 Options: the fields of :class:`CondScoreConfig` (fit) and :class:`CondScoreSampler`
@@ -33,12 +36,15 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, register_amortized, to_json
+from bayesinv.amortized.method import (
+    AmortizedMethod, TrainOptions, check_choice, check_float, check_int, map_rows, register_amortized, to_json,
+)  # fmt: skip
 from bayesinv.diffusion import (
     annealed_langevin, choose_num_levels, choose_sigma_1, choose_step_size, dsm_loss, expand_like, geometric_sigmas,
     ncsn_loss, predictor_corrector, probability_flow_ode, reverse_sde,
 )  # fmt: skip
-from bayesinv.errors import OptionError
+from bayesinv.diffusion.samplers import probability_flow_log_prob
+from bayesinv.errors import OptionError, ProblemError
 from bayesinv.nets.score import ACTIVATIONS, CondScoreNet, make_process, net_spec
 
 __all__ = ["CondScoreConfig", "CondScoreSampler", "CondScoreNet", "COND_SCORE", "score_loss", "PROCESSES", "SAMPLERS"]
@@ -48,7 +54,7 @@ SAMPLERS = {"ve": ("ode", "sde", "pc"), "vp": ("ode", "sde", "pc"), "ncsn": ("la
 DEFAULT_SAMPLER = {"ve": "ode", "vp": "ode", "ncsn": "langevin"}
 #: The options each sampler reads (besides ``sampler``, ``denoise`` and ``chunk_size``).
 SAMPLER_OPTIONS = {
-    "ode": {"rtol", "atol", "power", "t_min"},
+    "ode": {"rtol", "atol", "power", "t_min", "exact", "num_probes"},
     "sde": {"steps", "t_min"},
     "pc": {"steps", "corrector_steps", "snr", "t_min"},
     "langevin": {"steps_per_level", "eps"},
@@ -155,6 +161,9 @@ class CondScoreSampler:
         corrector_steps, snr: PC corrector (1, 0.16).
         steps_per_level, eps: Annealed Langevin (the fit's).
         chunk_size: Rows of observations × draws per network batch (MLP 50,000, U-Net 512).
+        exact: ``log_prob`` (ODE) with the exact divergence (default: target dimension ≤ 32),
+            else Hutchinson's estimator.
+        num_probes: Hutchinson probes averaged per point (1); their spread is the standard error.
     """
 
     sampler: str | None = None
@@ -169,10 +178,13 @@ class CondScoreSampler:
     steps_per_level: int | None = None
     eps: float | None = None
     chunk_size: int | None = None
+    exact: bool | None = None
+    num_probes: int | None = None
 
     def __post_init__(self):
         check_choice(self, "sampler", (None, "ode", "sde", "pc", "langevin"))
-        for name in ("steps", "steps_per_level", "chunk_size"):
+        check_choice(self, "exact", (None, True, False))
+        for name in ("steps", "steps_per_level", "chunk_size", "num_probes"):
             check_int(self, name, none=True)
         check_int(self, "corrector_steps", minimum=0, none=True)
         for name in ("rtol", "atol", "power", "snr", "eps"):
@@ -273,13 +285,11 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: CondS
         z = torch.randn((rows, D), generator=generator, device=dev)
         x = process.mean_scale(1.0).item() * getattr(post.net, "x_mean", 0.0) + process.sigma(1.0).item() * z
     owner = torch.arange(B, device=dev).repeat_interleave(n)
-    out, nfe = [], 0
-    for start in range(0, rows, chunk_size):
-        c_chunk = c[owner[start : start + chunk_size]]
-        score_fn = lambda x_, level, c_chunk=c_chunk: post.net(x_, c_chunk, level)  # noqa: E731
-        res = run_sampler(sampler, score_fn, x[start : start + chunk_size], generator, scfg, settings)
-        out.append(res.x)
-        nfe = max(nfe, res.nfe)
+
+    def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
+        return run_sampler(sampler, lambda x_, level: post.net(x_, c_chunk, level), x_chunk, generator, scfg, settings)
+
+    out, nfe = map_rows(run, x, c, owner, chunk_size)
     stats = {"sampler": sampler, "process": kind, "nfe": nfe, "num_chunks": len(out)}
     if kind == "ncsn":
         sigmas = settings["net"]["process"]["sigmas"]
@@ -290,13 +300,61 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: CondS
     return torch.cat(out).reshape(B, n, D), stats
 
 
+def density(settings: Mapping[str, Any]) -> dict:
+    r"""The sampler options whose draws have a density: the probability-flow ODE without the final denoising step."""
+    if settings["process"] == "ncsn":
+        raise ProblemError(
+            "a cond_score posterior with process='ncsn' samples by annealed Langevin dynamics, which has no"
+            " tractable density; fit with process='ve' or 'vp' (sampler='ode') for log_prob and importance proposals"
+        )
+    return {"sampler": "ode", "denoise": False}
+
+
+def log_prob(post: Any, x: Tensor, c: Tensor, scfg: CondScoreSampler, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    r"""The density of the probability-flow ODE sampler's draws (same process, t_min, power, start) at normalised ``x``.
+
+    The sampler starts from :math:`\mathcal{N}(m(1)\mu, \sigma(1)^2 I)` (μ the mean of the
+    training targets); in :math:`	ilde x = x - m(t)\mu` the ODE keeps its form with the score
+    :math:`s(	ilde x + m(t)\mu, t)` and starts from :math:`\mathcal{N}(0, \sigma(1)^2 I)`, the base of
+    :func:`~bayesinv.diffusion.samplers.probability_flow_log_prob` (exactly for VE; for VP that
+    base has variance 1 against :math:`1 - m(1)^2`, a log-density difference of
+    :math:`m(1)^2 (D - |z|^2)/2`, about 2e-5 √(2D) with the default β).
+    """
+    settings = post.config
+    sampler = scfg.sampler or "ode"
+    if sampler != "ode":
+        raise ProblemError(f"log_prob is the density of the probability-flow ODE sampler; sampler={sampler!r} is stochastic and"
+                           " has none: pass sampler='ode' (and denoise=False)")  # fmt: skip
+    if scfg.denoise:
+        raise ProblemError("log_prob is the density of the ODE sampler without the final denoising step; denoise=True"
+                           " (Tweedie's step) has no tractable density: pass denoise=False")  # fmt: skip
+    process = make_process(settings["net"]["process"])
+    mu = getattr(post.net, "x_mean", torch.zeros(x.shape[-1], device=x.device))
+    get = lambda name, default: default if getattr(scfg, name) is None else getattr(scfg, name)  # noqa: E731
+    t_min = float(get("t_min", settings["t_min"]))
+    shift = process.mean_scale(torch.tensor(t_min)).item() * mu
+    exact = get("exact", x.shape[-1] <= 32)
+    probes = 1 if exact else int(get("num_probes", 1))
+
+    def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[tuple[Tensor, Tensor], int]:
+        c_rows = c_chunk.repeat_interleave(probes, 0)  # log_prob_ode repeats each point once per probe
+
+        def score(v: Tensor, t: Tensor) -> Tensor:
+            return post.net(v + process.mean_scale(t) * mu, c_rows, t)
+
+        res = probability_flow_log_prob(score, x_chunk - shift, process, t_min=t_min, power=float(get("power", 2.0)),
+                                        exact=exact, num_probes=probes, generator=generator,
+                                        rtol=get("rtol", 1e-5), atol=get("atol", 1e-5))  # fmt: skip
+        return (res.log_prob, res.std_error), res.nfe
+
+    chunk = int(scfg.chunk_size or (50_000 if settings["net"]["network"] == "mlp" else 512))
+    out, _ = map_rows(run, x, c, torch.arange(x.shape[0], device=x.device), chunk)
+    return torch.cat([lp for lp, _ in out]), torch.cat([se for _, se in out])
+
+
 COND_SCORE = register_amortized(AmortizedMethod(
     name="cond_score", config=CondScoreConfig, sampler_config=CondScoreSampler, build=build,
     rebuild=lambda settings: CondScoreNet(settings["net"]), loss=loss, sample=sample, check_sample=check_sample,
-    no_density=(
-        "a cond_score posterior has no tractable density q(target | y), so it cannot be an importance-sampling"
-        " proposal (the weights need log q); sample it directly with post.sample / post.infer, or use a"
-        " method with a density (method='flow') as the proposal"
-    ),
+    log_prob=log_prob, density=density,
     saved_keys=("process", "sampler", "t_min", "net"),
 ))  # fmt: skip

@@ -3,6 +3,9 @@ r"""The score network of the diffusion methods (cond_score, csd_star): :class:`C
 The network is built from a JSON-able spec (:func:`net_spec`) so that a saved posterior
 rebuilds it exactly: an MLP (:class:`~bayesinv.nets.ScoreMLP`) or a U-Net
 (:class:`~bayesinv.nets.ScoreUNet`), with input preconditioning and the output divided by σ.
+With the process spec ``{"kind": "flow_matching", "sigma_min": ...}`` the same network is a
+flow-matching velocity field :math:`v(x, c, t)` (flow_matching): preconditioned for the
+straight path :math:`x_t = t\,x_1 + (1 - (1 - \sigma_{min}) t)\,x_0` and not divided by σ.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ class CondScoreNet(nn.Module):
     ``x`` has shape ``(*, D)``, ``c`` ``(*, C)`` (or ``(C,)``, broadcast), and the level
     :math:`\ell` is a time (VE/VP) or a noise level σ (NCSN). The inner network's output
     is divided by σ(ℓ). Built from a JSON-able ``spec`` so that a saved posterior
-    rebuilds it exactly.
+    rebuilds it exactly. A ``"flow_matching"`` process spec makes it a velocity field:
+    ℓ is the time t ∈ [0, 1] of the straight path (mean scale t, noise scale
+    1 − (1 − σ_min) t for the preconditioning) and the output is not scaled.
     """
 
     def __init__(self, spec: Mapping[str, Any]):
@@ -56,6 +61,8 @@ class CondScoreNet(nn.Module):
         self.spec = dict(spec)
         self.kind, self.x_dim, self.c_dim = spec["network"], int(spec["x_dim"]), int(spec["c_dim"])
         self.process = make_process(spec["process"])
+        self.velocity = spec["process"]["kind"] == "flow_matching"
+        self.sigma_min = float(spec["process"].get("sigma_min", 0.0))
         levels = spec["process"].get("sigmas")
         sigma_range = None if levels is None else (min(levels), max(levels))
         act = ACTIVATIONS[spec["activation"]]
@@ -111,8 +118,12 @@ class CondScoreNet(nn.Module):
             The score ``(*, D)``.
         """
         level = torch.as_tensor(level, dtype=x.dtype, device=x.device)
-        sigma = expand_like(self.sigma(level).expand(x.shape[:-1]), x)
-        m = torch.ones_like(sigma) if self.process is None else expand_like(self.process.mean_scale(level).expand(x.shape[:-1]), x)
+        if self.velocity:  # the straight path: x_t = t x_1 + (1 - (1 - sigma_min) t) x_0
+            m = expand_like(level.expand(x.shape[:-1]), x)
+            sigma = 1 - (1 - self.sigma_min) * m
+        else:
+            sigma = expand_like(self.sigma(level).expand(x.shape[:-1]), x)
+            m = torch.ones_like(sigma) if self.process is None else expand_like(self.process.mean_scale(level).expand(x.shape[:-1]), x)
         x = (x - m * self.x_mean) / (m.square() * self.x_std.square() + sigma.square()).sqrt()
         c = (c - self.c_mean) / self.c_std
         if self.kind == "mlp":
@@ -125,7 +136,7 @@ class CondScoreNet(nn.Module):
             else:
                 y = c
             out = self.inner(x.reshape(*batch, *self.x_shape), y, level).reshape(*batch, self.x_dim)
-        return out / sigma
+        return out if self.velocity else out / sigma
 
 
 def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict) -> dict:
