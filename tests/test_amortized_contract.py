@@ -1,9 +1,10 @@
 r"""The contract every learned method keeps, on the one amortized layer.
 
-Parametrised over cond_score, flow, vae and csd_star: shapes and batches of observations,
+Parametrised over cond_score, flow, flow_matching, vae and csd_star: shapes and batches of observations,
 seeds (the same seed gives the same draws, also after save/load), the InferenceData layout,
 the info record, option handling (keywords, ``config=`` as a dataclass or a dict, bad names
-and values refused before any simulation), observations with ``requires_grad`` and devices.
+and values refused before any simulation), observations with ``requires_grad``, devices, and the
+model's deterministic sites computed from latent draws (also for importance, mcmc and nuts).
 Tiny networks and few steps: the whole file runs in well under a minute on one core.
 """
 
@@ -41,11 +42,14 @@ def counting_model(y=None):
 CASES = {
     "cond_score": (LG.model, None, dict(hidden=(16,), max_epochs=None, max_steps=20), dict(sampler="sde", steps=5), (2,), "theta", (2,)),
     "flow": (LG.model, None, dict(hidden=(8,), num_transforms=1, max_epochs=None, max_steps=20), {}, (2,), "theta", (2,)),
+    "flow_matching": (LG.model, None, dict(hidden=(16,), max_epochs=None, max_steps=20), dict(rtol=1e-3, atol=1e-3), (2,), "theta", (2,)),
     "vae": (LG.model, None, dict(hidden=(8,), regressor_hidden=(8,), max_epochs=None, max_steps=20), {}, (2,), "theta", (2,)),
     "csd_star": (field_model, "field", dict(base_channels=4, channel_mults=(1,), steps=10, insert_step=4, max_epochs=None, max_steps=5),
                  {}, (3,), "field", (SIZE, SIZE)),
 }  # fmt: skip
 METHODS = list(CASES)
+#: Methods fitted on the latent theta of LG.model (csd_star learns the deterministic field).
+LATENT = [m for m in METHODS if m != "csd_star"]
 
 
 def sample_options(method, y):
@@ -138,7 +142,7 @@ def test_observation_with_requires_grad(method, posts):
         post.sample(None, 3, **opts)
 
 
-@pytest.mark.parametrize("method", ["cond_score", "flow", "vae"])
+@pytest.mark.parametrize("method", ["cond_score", "flow", "flow_matching", "vae"])
 def test_bad_options_are_refused_before_any_simulation(method):
     fit_opts = CASES[method][2]
     samplr = {"samplr": "sde"}
@@ -163,6 +167,12 @@ def test_bad_options_are_refused_before_any_simulation(method):
         ]
     if method == "vae":
         bad.append(lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, spread=-1.0))
+    if method == "flow_matching":
+        bad += [
+            lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, rtol=-1.0),
+            lambda: bayesinv.infer(counting_model, np.zeros(2), method=method, num_simulations=50, num_probes=0),
+            lambda: bayesinv.fit(counting_model, method=method, num_simulations=50, sigma_min=2.0),
+        ]
     for call in bad:
         CALLS["n"] = 0
         with pytest.raises(bayesinv.ProblemError) as info:
@@ -188,10 +198,10 @@ def test_csd_star_bad_options_are_refused_before_any_simulation():
     assert CALLS["n"] == 0
 
 
-@pytest.mark.parametrize("method", ["cond_score", "flow", "vae"])
+@pytest.mark.parametrize("method", ["cond_score", "flow", "flow_matching", "vae"])
 def test_one_way_to_set_options(method):
     spec = get_amortized(method)
-    field = {"cond_score": "hidden", "flow": "hidden", "vae": "hidden"}[method]
+    field = "hidden"
     common = dict(num_simulations=100, seed=0, progress=False, max_epochs=None, max_steps=3)
     by_keyword = bayesinv.fit(LG.model, method=method, **{field: (8,)}, **common)
     by_dict = bayesinv.fit(LG.model, method=method, config={field: [8]}, **common)
@@ -253,6 +263,66 @@ def test_injected_network_with_build():
     assert built == [(2, 2)] and post.sample(observation("flow"), 3, seed=0)["theta"].shape == (3, 2)
     with pytest.raises(bayesinv.ProblemError, match="build="):
         post.save("never-written.bayesinv")
+
+
+@pytest.mark.parametrize("method", LATENT)
+def test_deterministic_sites_from_latent_draws(method, posts, tmp_path):
+    post, A = posts[method], LG.A.float()
+    y = observation(method)
+    opts = sample_options(method, y)
+    assert post.deterministic_sites() == ("mean_y",)
+    draws = post.sample(y, 5, seed=0, deterministic=True, **opts)
+    torch.testing.assert_close(draws["mean_y"], draws["theta"] @ A.T)
+    assert "mean_y" not in post.sample(y, 5, seed=0, **opts)  # opt-in for sample
+    batch = post.sample(observation(method, 2), 3, seed=0, deterministic=True, **opts)
+    assert batch["mean_y"].shape == (2, 3, 2)
+    torch.testing.assert_close(batch["mean_y"], batch["theta"] @ A.T)
+    idata = post.infer(y, num_samples=4, seed=0, **opts)  # by default for infer
+    np.testing.assert_allclose(idata.posterior["mean_y"].values, idata.posterior["theta"].values @ A.T.numpy(), rtol=1e-5, atol=1e-6)
+    assert "mean_y" not in post.infer(y, num_samples=4, seed=0, deterministic=False, **opts).posterior
+    # a file does not hold the model: attach it (or pass model=) after load
+    loaded = bayesinv.load(post.save(tmp_path / "p.bayesinv"))
+    assert loaded.deterministic_sites() == () and "mean_y" not in loaded.infer(y, num_samples=4, seed=0, **opts).posterior
+    with pytest.raises(bayesinv.ProblemError, match=r"post\.attach\(model\)"):
+        loaded.sample(y, 3, deterministic=True, **opts)
+    again = loaded.infer(y, num_samples=4, seed=0, model=LG.model, **opts)
+    np.testing.assert_array_equal(again.posterior["mean_y"].values, idata.posterior["mean_y"].values)
+    with pytest.raises(bayesinv.ProblemError, match="does not fit this posterior"):
+        loaded.attach(field_model)
+
+
+def test_infer_returns_deterministic_sites_and_refuses_a_partial_target():
+    y = observation("flow")
+    idata = bayesinv.infer(LG.model, y, method="flow", num_samples=6, num_simulations=100, hidden=(8,), max_epochs=None,
+                           max_steps=3, progress=False)  # fmt: skip
+    assert set(idata.posterior.data_vars) == {"theta", "mean_y"}
+
+    def two_latents(y=None):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        s = pyro.deterministic("s", a + b)
+        return pyro.sample("y", dist.Normal(s, 0.1), obs=y)
+
+    post = bayesinv.fit(two_latents, method="flow", target="a", num_simulations=100, hidden=(8,), max_epochs=None,
+                        max_steps=3, progress=False)  # fmt: skip
+    assert post.deterministic_sites() == () and set(post.infer(np.float32(0.5), num_samples=3).posterior.data_vars) == {"a"}
+    with pytest.raises(bayesinv.ProblemError, match=r"does not draw the latent site\(s\) \['b'\]"):
+        post.sample(np.float32(0.5), 3, deterministic=True)
+
+
+@pytest.mark.filterwarnings("ignore:mcmc. R-hat:RuntimeWarning")  # 30 draws: only the sites are checked here
+@pytest.mark.parametrize("method, options", [
+    ("importance", dict(num_proposals=2000)),
+    ("mcmc", dict(num_chains=2, warmup_steps=100)),
+    ("nuts", dict(num_chains=1, warmup_steps=20)),
+])  # fmt: skip
+def test_sampling_methods_return_deterministic_targets(method, options):
+    y = observation("flow")
+    both = bayesinv.infer(LG.model, y, method=method, target=["theta", "mean_y"], num_samples=30, seed=0, progress=False, **options)
+    theta, mean_y = both.posterior["theta"].values, both.posterior["mean_y"].values
+    np.testing.assert_allclose(mean_y, theta @ LG.A.float().T.numpy(), rtol=1e-5, atol=1e-5)
+    only = bayesinv.infer(LG.model, y, method=method, target="mean_y", num_samples=30, seed=0, progress=False, **options)
+    assert set(only.posterior.data_vars) == {"mean_y"} and only.posterior["mean_y"].shape[-1] == 2
 
 
 @pytest.mark.parametrize("method", METHODS)
