@@ -10,7 +10,7 @@ reg 0.01, each set subsampled to ``--max-samples``), averaged over the four y. A
 reference (another 100,000 joint draws): the value a perfect sampler would get.
 
 Generic over ``--method``: any amortized method registered in bayesinv
-(``cond_score``, ``flow``, ``vae``); ``--fit-options`` (JSON) go to ``bayesinv.fit``,
+(``cond_score``, ``flow``, ``flow_matching``, ``vae``); ``--fit-options`` (JSON) go to ``bayesinv.fit``,
 each entry of ``--sample-options`` (JSON list) is one sampling variant.
 ``--merge`` adds the problems of this run to an earlier result file of the same method,
 label and options instead of replacing it (each problem keeps the command that made it).

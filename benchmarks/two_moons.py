@@ -1,4 +1,4 @@
-r"""sbibm two_moons: cond_score and flow beside sbi's NPE and NPSE on the same 10,000 simulations.
+r"""sbibm two_moons: cond_score, flow and flow_matching beside sbi's NPE and NPSE on the same 10,000 simulations.
 
 The prior, simulator, observations and reference posterior samples come from sbibm.
 Every method trains on the same (θ, x) pairs drawn with sbibm's prior and simulator.
@@ -14,6 +14,7 @@ posteriors work with the current one).
 
 Example:
     python benchmarks/two_moons.py --observations 1 2 3 --methods cond_score flow npe npse
+    python benchmarks/two_moons.py --observations 1 2 3 --methods flow_matching
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from bayesinv.diagnostics import c2st
 from _common import metadata, set_threads, write_results
 
 
-BAYESINV = ("cond_score", "flow", "vae")
+BAYESINV = ("cond_score", "flow", "flow_matching", "vae")
 DEFAULT_FIT_OPTIONS = {
     "cond_score": {"hidden": [256, 256, 256], "max_epochs": 300, "patience": 30},  # t_min 1e-5 (the default)
+    "flow_matching": {"hidden": [256, 256, 256], "max_epochs": 300, "patience": 30},  # as cond_score
     "flow": {"flow": "nsf", "num_transforms": 5, "hidden": [50, 50], "bins": 10, "max_epochs": 300, "patience": 20,
              "batch_size": 200, "lr": 5e-4},
 }
