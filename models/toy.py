@@ -10,6 +10,11 @@ r"""Toy problems with known answers.
   * :func:`spiral`: X = 0.1 (W sin W + C3), Y = 0.1 (W cos W + C4),
     W = 3π (1 + 2H) / 2, H ~ U(0, 1), C3, C4 ~ N(0, 1).
 
+- :class:`HeavyTailed`: y = θ + Student-t noise (ν = 2), θ ~ N(0, 3² I): a heavy-tailed
+  posterior, sampled exactly by self-normalised importance sampling (:meth:`HeavyTailed.reference`).
+- :class:`SignFlip`: y = |θ| + ε, θ ~ N(0, I): a posterior with 2^dim mirror-image modes,
+  sampled exactly (:meth:`SignFlip.reference`).
+
   For Tanh and Bimodal, X given Y is drawn directly, so importance sampling with the
   prior proposal is exact; their reference posteriors are also available by rejection
   from the joint (:func:`joint_reference`).
@@ -27,7 +32,7 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.transforms import AffineTransform, Transform
 
-__all__ = ["LinearGaussian", "tanh", "bimodal", "spiral", "CONDITIONAL_DENSITIES", "joint_reference"]
+__all__ = ["LinearGaussian", "HeavyTailed", "SignFlip", "tanh", "bimodal", "spiral", "CONDITIONAL_DENSITIES", "joint_reference"]
 
 
 class LinearGaussian:
@@ -92,6 +97,113 @@ class LinearGaussian:
         theta = self.prior_mean + self.prior_scale * torch.randn(self.dim, generator=gen, dtype=torch.float64)
         y = self.A @ theta + self.noise * torch.randn(self.num_obs, generator=gen, dtype=torch.float64)
         return theta.float().numpy(), y.float().numpy()
+
+
+class HeavyTailed:
+    r"""y = θ + ε with Student-t noise: θ ~ N(0, s₀² I), ε_i ~ t_ν(0, s) independently; a heavy-tailed posterior.
+
+    The posterior :math:`p(θ \mid y) \propto N(θ; 0, s_0^2 I) \prod_i t_ν(y_i - θ_i; s)` has the
+    likelihood's polynomial tails out to the prior's scale. :meth:`reference` samples it by
+    self-normalised importance sampling with the likelihood as proposal (θ = y + s t_ν draws,
+    weights ∝ the prior density, which is bounded), then resampling.
+
+    Arguments:
+        dim: Dimension of θ and y.
+        nu: Degrees of freedom ν of the noise.
+        scale: Noise scale s.
+        prior_scale: Prior standard deviation s₀.
+
+    Example:
+        >>> problem = HeavyTailed(dim=3)
+        >>> theta, y = problem.draw(seed=1)
+        >>> ref, ess = problem.reference(y, 10_000)
+    """
+
+    def __init__(self, dim: int = 3, nu: float = 2.0, scale: float = 0.5, prior_scale: float = 3.0):
+        self.dim, self.nu, self.scale, self.prior_scale = int(dim), float(nu), float(scale), float(prior_scale)
+
+    def model(self, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""The Pyro model: latent ``theta`` (dim,), observed ``y`` (dim,)."""
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(self.dim), self.prior_scale).to_event(1))
+        return pyro.sample("y", dist.StudentT(self.nu, theta, self.scale).to_event(1), obs=y)
+
+    __call__ = model
+
+    def draw(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        r"""A ground-truth θ and an observation y drawn from the model."""
+        gen = torch.Generator().manual_seed(seed)
+        theta = self.prior_scale * torch.randn(self.dim, generator=gen, dtype=torch.float64)
+        y = theta + self.scale * _student_t(self.nu, (self.dim,), gen)
+        return theta.float().numpy(), y.float().numpy()
+
+    def reference(self, y, num_samples: int, *, num_proposals: int = 2_000_000, seed: int = 0) -> tuple[np.ndarray, float]:
+        r"""``num_samples`` posterior draws ``(num_samples, dim)`` given ``y`` and the importance sampler's ESS."""
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+        theta = y + self.scale * _student_t(self.nu, (num_proposals, self.dim), gen)
+        log_w = -0.5 * (theta / self.prior_scale).pow(2).sum(-1)  # prior / proposal: the likelihood cancels
+        w = torch.softmax(log_w, 0)
+        ess = float(1.0 / w.pow(2).sum())
+        idx = torch.multinomial(w, num_samples, replacement=True, generator=gen)
+        return theta[idx].float().numpy(), ess
+
+
+def _student_t(nu: float, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    r"""Standard Student-t draws reproducible from ``gen``: z / sqrt(χ²_ν / ν), χ²_ν ~ Gamma(ν/2, rate ½)."""
+    z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    with torch.random.fork_rng():  # torch's Gamma sampler draws from the global RNG
+        torch.manual_seed(seed)
+        chi2 = torch.distributions.Gamma(torch.tensor(nu / 2, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)).sample(shape)
+    return z / torch.sqrt(chi2 / nu)
+
+
+class SignFlip:
+    r"""y = |θ| + ε, θ ~ N(0, I), ε ~ N(0, σ² I): a posterior with 2^dim modes, θ_i ≈ ±y_i.
+
+    Given y the coordinates are independent; each |θ_i| has the Gaussian posterior
+    N(y_i / (1 + σ²), σ² / (1 + σ²)) truncated to (0, ∞) and its sign is + or − with
+    probability ½ (the prior is symmetric). :meth:`reference` samples this exactly.
+
+    Arguments:
+        dim: Dimension of θ and y.
+        noise: The noise standard deviation σ.
+
+    Example:
+        >>> problem = SignFlip(dim=2)
+        >>> theta, y = problem.draw(seed=1)
+        >>> ref = problem.reference(y, 10_000)
+    """
+
+    def __init__(self, dim: int = 2, noise: float = 0.2):
+        self.dim, self.noise = int(dim), float(noise)
+
+    def model(self, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""The Pyro model: latent ``theta`` (dim,), observed ``y`` (dim,)."""
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(self.dim), 1.0).to_event(1))
+        return pyro.sample("y", dist.Normal(theta.abs(), self.noise).to_event(1), obs=y)
+
+    __call__ = model
+
+    def draw(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        r"""A ground-truth θ and an observation y drawn from the model."""
+        gen = torch.Generator().manual_seed(seed)
+        theta = torch.randn(self.dim, generator=gen, dtype=torch.float64)
+        y = theta.abs() + self.noise * torch.randn(self.dim, generator=gen, dtype=torch.float64)
+        return theta.float().numpy(), y.float().numpy()
+
+    def reference(self, y, num_samples: int, *, seed: int = 0) -> np.ndarray:
+        r"""``num_samples`` exact posterior draws ``(num_samples, dim)`` given ``y`` (inverse-CDF truncated normal, random signs)."""
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+        s2 = self.noise**2
+        mean, sd = y / (1 + s2), math.sqrt(s2 / (1 + s2))
+        normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), 1.0)
+        lo = normal.cdf(-mean / sd)  # P(|θ_i| <= 0) under the untruncated Gaussian
+        u = lo + (1 - lo) * torch.rand((num_samples, self.dim), generator=gen, dtype=torch.float64)
+        a = mean + sd * normal.icdf(u.clamp(max=1 - 1e-16))
+        sign = torch.where(torch.rand((num_samples, self.dim), generator=gen) < 0.5, -1.0, 1.0).double()
+        return (sign * a.clamp(min=0.0)).float().numpy()
 
 
 class _CubeRoot(Transform):
