@@ -112,12 +112,13 @@ class AmortizedPosterior:
         self.problem: Problem | None = None
 
     # -- the model, for deterministic sites -------------------------------------------
-    def attach(self, model: Any) -> "AmortizedPosterior":
+    def attach(self, model: Any, *, observed: Sequence[str] | None = None) -> "AmortizedPosterior":
         r"""Keeps ``model`` (a Pyro/NumPyro model or a traced :class:`~bayesinv.problem.Problem`) to
         compute its deterministic sites from the drawn latents; :func:`bayesinv.fit` does it.
 
         Arguments:
             model: The model the posterior was fitted on (its target sites with the same shapes).
+            observed: Its observed site names, for models where they cannot be found automatically.
 
         Returns:
             The posterior itself.
@@ -126,7 +127,7 @@ class AmortizedPosterior:
             >>> post = bayesinv.load("lg.bayesinv").attach(model)
             >>> post.sample(y_obs, 100, deterministic=True)["mean_y"].shape
         """
-        problem = as_problem(model)
+        problem = as_problem(model, observed=None if observed is None else list(observed))
         for name, shape in zip(self.target.names, self.target.shapes):
             site = problem.sites.get(name)
             if site is None or tuple(site.shape) != tuple(shape):
