@@ -1,24 +1,15 @@
 r"""Flow-matching posterior estimation: ``method="flow_matching"`` (sbi's FMPE, BayesFlow's FlowMatching).
 
-A conditional vector field :math:`v_\phi(x, c, t)` is fitted on simulated pairs
-:math:`(x_1, c)` by flow matching on the straight (optimal-transport) path from noise
-:math:`x_0 \sim \mathcal{N}(0, I)` at :math:`t = 0` to the normalised target at :math:`t = 1`,
+A conditional vector field :math:`v_\phi(x, c, t)` is fitted on simulated pairs :math:`(x_1, c)`
+on the straight path from noise :math:`x_0 \sim \mathcal{N}(0, I)` (t = 0) to the normalised target (t = 1),
 
-.. math:: \min_\phi \; E_{t \sim U(0, 1),\, (x_1, c),\, x_0}
-          \big\| v_\phi(x_t, c, t) - (x_1 - (1 - \sigma_{min}) x_0) \big\|^2,
-          \qquad x_t = (1 - (1 - \sigma_{min}) t)\, x_0 + t\, x_1
+.. math:: \min_\phi \; E_{t, (x_1, c), x_0} \big\| v_\phi(x_t, c, t) - (x_1 - (1 - \sigma_{min}) x_0) \big\|^2,
+          \qquad x_t = (1 - (1 - \sigma_{min}) t)\, x_0 + t\, x_1 .
 
-(:func:`~bayesinv.diffusion.loss.flow_matching_loss`). Sampling integrates
-:math:`dx/dt = v_\phi(x, c, t)` from :math:`t = 0` to 1 by adaptive RK5(4)
-(:func:`~bayesinv.diffusion.samplers.flow_matching_ode`); the posterior has a density by
-the instantaneous change of variables (:func:`~bayesinv.diffusion.samplers.flow_matching_log_prob`:
-exact divergence up to 32 target dimensions, Hutchinson's estimator for fields), so it is a
-valid ``proposal=`` for ``method="importance"``. The network is the score network
-:class:`~bayesinv.nets.score.CondScoreNet` as a velocity field (an MLP for vectors, a U-Net
-for one 2-D field target, the observation on the grid as channels where it fits).
-
-Options: the fields of :class:`FlowMatchingConfig` (fit) and :class:`FlowMatchingSampler`
-(sampling and density).
+Draws solve :math:`dx/dt = v_\phi` from 0 to 1 by adaptive RK5(4); ``log_prob`` is their density by
+the instantaneous change of variables (exact divergence up to 32 dimensions, else Hutchinson's),
+so the posterior is a valid importance ``proposal=``. The network is
+:class:`~bayesinv.nets.score.CondScoreNet` as a velocity field (MLP, or U-Net for one 2-D field).
 
 Example:
     >>> post = bayesinv.fit(model, method="flow_matching", num_simulations=5000)
@@ -48,7 +39,7 @@ EXACT_MAX_DIM = 32
 
 @dataclass(frozen=True)
 class FlowMatchingConfig(TrainOptions):
-    r"""Fit options of ``method="flow_matching"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
+    r"""Fit options of ``method="flow_matching"`` (and the fields of :class:`~bayesinv.amortized.method.TrainOptions`).
 
     Arguments:
         network: ``"mlp"``, ``"unet"`` or ``"auto"`` (U-Net for one 2-D field target).
@@ -56,8 +47,7 @@ class FlowMatchingConfig(TrainOptions):
         activation: ``"silu"``, ``"relu"``, ``"gelu"`` or ``"tanh"``.
         embedding: Observation embedding: ``"none"``, ``"mlp"``, ``"cnn"`` or ``"auto"`` (as cond_score).
         embed_dim: Size of the observation embedding.
-        embed_map_channels: U-Net with an embedded observation: channels of its map onto the grid.
-        base_channels, channel_mults: U-Net width and resolution levels.
+        embed_map_channels, base_channels, channel_mults: U-Net embedding map, width and levels.
         sigma_min: Width of the path at the data end.
         normalization: ``"standard"`` (default), ``"minmax"`` or ``"none"``.
     """
@@ -95,9 +85,8 @@ class FlowMatchingSampler:
         max_steps: Steps before the integrator gives up (10,000).
         chunk_size: Rows of observations × draws per network batch (MLP 50,000, U-Net 512).
         exact: ``log_prob`` with the exact divergence (default: target dimension ≤ 32).
-        num_probes: Hutchinson probes averaged per point when not exact (1); the variance of
-            the log-density, :math:`2 \sum_{i \neq j} S_{ij}^2 / K` (:mod:`bayesinv.diffusion.ode`),
-            is estimated from them (``post.log_prob(..., with_error=True)``, needs ≥ 2).
+        num_probes: Hutchinson probes K per point when not exact (1): variance
+            :math:`2 \sum_{i \neq j} S_{ij}^2 / K` (:mod:`bayesinv.diffusion.ode`), estimated for K ≥ 2.
     """
 
     rtol: float | None = None
