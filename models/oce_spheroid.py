@@ -801,7 +801,7 @@ class OCESpheroid:
 
         With small prior sets the search can settle on a wrong mode of the wrapped-phase
         likelihood (600 prior draws, 200 per stage: ESS 1 after 16 stages on
-        ``draw(seed=100)``); 4,000 prior draws and 300 per stage gave ESS 99–261 on the ten
+        ``draw(seed=100)``); 4,000 prior draws and 300 per stage gave ESS 99–313 on the ten
         benchmark observations (docs/benchmarks.md).
 
         Returns:
