@@ -269,6 +269,21 @@ def predictor_corrector(
 
 
 
+def _flow_field(score_fn: ScoreFn, process: Process, power: float) -> Callable[[float, Tensor], Tensor]:
+    r"""The probability-flow velocity in :math:`r`, :math:`t = (1 - r)^p`: :math:`p (1 - r)^{p-1} dx/d\tau`."""
+
+    def f(r: float, x: Tensor) -> Tensor:
+        t = torch.tensor((1.0 - r) ** power, dtype=x.dtype, device=x.device)
+        return power * (1.0 - r) ** (power - 1.0) * _velocity(score_fn, x, t, process)
+
+    return f
+
+
+def _time_field(velocity_fn: ScoreFn) -> Callable[[float, Tensor], Tensor]:
+    r"""``velocity_fn(x, t)`` as a field ``f(t, x)`` with ``t`` a 0-dim tensor of ``x``'s dtype."""
+    return lambda t, x: velocity_fn(x, torch.tensor(t, dtype=x.dtype, device=x.device))
+
+
 @torch.no_grad()
 def probability_flow_ode(
     score_fn: ScoreFn,
@@ -323,14 +338,8 @@ def probability_flow_ode(
     if not 0.0 < t_min < 1.0:
         raise ValueError(f"probability_flow_ode: t_min must lie in (0, 1), got {t_min}")
 
-    def t_of(r: float) -> float:
-        return (1.0 - r) ** power
-
-    def f(r: float, x: Tensor) -> Tensor:
-        t = torch.tensor(t_of(r), dtype=x.dtype, device=x.device)
-        return power * (1.0 - r) ** (power - 1.0) * _velocity(score_fn, x, t, process)
-
-    step = None if callback is None else (lambda i, r, x: callback({"i": i, "t": t_of(r), "x": x}))
+    f = _flow_field(score_fn, process, power)
+    step = None if callback is None else (lambda i, r, x: callback({"i": i, "t": (1.0 - r) ** power, "x": x}))
     r_end = 1.0 - t_min ** (1.0 / power)
     x, nfe = dopri5(f, x, 0.0, r_end, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps,
                     callback=step, name="probability_flow_ode")  # fmt: skip
@@ -384,12 +393,8 @@ def probability_flow_log_prob(
         A :class:`~bayesinv.diffusion.ode.LogProbResult` ``(log_prob (B,), std_error (B,), nfe)``.
     """
 
-    def f(r: float, x: Tensor) -> Tensor:
-        t = torch.tensor((1.0 - r) ** power, dtype=x.dtype, device=x.device)
-        return power * (1.0 - r) ** (power - 1.0) * _velocity(score_fn, x, t, process)
-
     r_end = 1.0 - t_min ** (1.0 / power)
-    return log_prob_ode(f, x, r_end, 0.0, _normal_log_prob(process.prior_std()), exact=exact, num_probes=num_probes,
+    return log_prob_ode(_flow_field(score_fn, process, power), x, r_end, 0.0, _normal_log_prob(process.prior_std()), exact=exact, num_probes=num_probes,
                         generator=generator, rtol=rtol, atol=atol, max_steps=max_steps)  # fmt: skip
 
 
@@ -416,9 +421,7 @@ def flow_matching_ode(
         The samples and the number of field evaluations.
     """
 
-    def f(t: float, x: Tensor) -> Tensor:
-        return velocity_fn(x, torch.tensor(t, dtype=x.dtype, device=x.device))
-
+    f = _time_field(velocity_fn)
     step = None if callback is None else (lambda i, t, x: callback({"i": i, "t": t, "x": x}))
     x, nfe = dopri5(f, x, 0.0, 1.0, rtol=rtol, atol=atol, max_steps=max_steps, callback=step, name="flow_matching_ode")
     return SampleResult(x, nfe)
@@ -438,8 +441,5 @@ def flow_matching_log_prob(
     r"""The exact log-density of :func:`flow_matching_ode`'s output at ``x`` ``(B, *event)``
     (instantaneous change of variables back to the standard normal at :math:`t = 0`)."""
 
-    def f(t: float, x: Tensor) -> Tensor:
-        return velocity_fn(x, torch.tensor(t, dtype=x.dtype, device=x.device))
-
-    return log_prob_ode(f, x, 1.0, 0.0, _normal_log_prob(1.0), exact=exact, num_probes=num_probes,
+    return log_prob_ode(_time_field(velocity_fn), x, 1.0, 0.0, _normal_log_prob(1.0), exact=exact, num_probes=num_probes,
                         generator=generator, rtol=rtol, atol=atol, max_steps=max_steps)  # fmt: skip
