@@ -780,8 +780,7 @@ def _run(problem: Problem, state: dict[str, Any], vectorize: bool | None, progre
          commit: Callable[[dict[str, np.ndarray], dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     r"""Draws chunks from ``state["chunks_done"]`` on until ``n`` good draws are committed."""
     n, seed, chunk_size = state["config"]["n"], state["config"]["seed"], state["config"]["chunk_size"]
-    bar = progress_bar(n, "simulate", progress, unit="draws")
-    bar.update(state["n_done"])
+    bar = progress_bar(n, "simulate", progress, unit="draws", initial=state["n_done"])  # a resume's rate counts new draws only
     while state["n_done"] < n:
         index = state["chunks_done"]
         size = min(chunk_size, n - state["n_done"])
