@@ -27,6 +27,7 @@ Needs sbi for the ``npe`` row (see ``benchmarks/two_moons.py``).
 
 Example:
     python benchmarks/default_settings.py --methods flow cond_score flow_matching vae npe
+    python benchmarks/default_settings.py --table before heavy_tailed   # merged table of result files
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import bayesinv
 from bayesinv.diagnostics import c2st
 from bayesinv.models import toy
 
-from _common import metadata, set_threads, write_results
+from _common import RESULTS, metadata, set_threads, write_results
 
 
 def _direct(model, y: float, n: int, seed: int) -> np.ndarray:
@@ -125,7 +126,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--label", default="default")
     p.add_argument("--machine", default="2-core CPU, no GPU (shared with other jobs)")
+    p.add_argument("--table", nargs="+", default=None, metavar="LABEL",
+                   help="print the table of the result files default_settings_<LABEL>.json (merged) and exit")
     args = p.parse_args()
+    if args.table:
+        rows = []
+        for label in args.table:
+            data = json.loads((RESULTS / f"default_settings_{label}.json").read_text())
+            rows += [{**r, "c2st_draws": data["max_samples"] or data["num_draws"]} for r in data["results"]]
+        print(table(rows))
+        return
     set_threads(args.threads)
     out = {"meta": metadata(args.machine), "num_simulations": args.num_simulations, "num_draws": args.num_draws,
            "c2st": "bayesinv.diagnostics.c2st (sbibm MLP, 5 folds)", "max_samples": args.max_samples,
@@ -160,8 +170,9 @@ def table(rows: list[dict]) -> str:
         for m in methods:
             rs = [r for r in rows if r["problem"] == pname and r["method"] == m]
             cells.append(f"{np.mean([r['c2st'] for r in rs]):.3f} ({rs[0]['fit_time_s']:.0f} s)" if rs else "–")
-        kind = next(r["kind"] for r in rows if r["problem"] == pname)
-        lines.append(f"| {pname} ({kind}) | " + " | ".join(cells) + " |")
+        first = next(r for r in rows if r["problem"] == pname)
+        n = f"; C2ST on {first['c2st_draws']:,} draws" if "c2st_draws" in first else ""
+        lines.append(f"| {pname} ({first['kind']}{n}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

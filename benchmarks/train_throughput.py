@@ -12,7 +12,9 @@ same machine load:
   default network of a field) with ``batch_size=64``.
 
 Each fit runs ``max_steps`` optimiser steps (per case: ``--steps``); steps per second is
-``train_steps / train_time_s`` of ``post.info`` (the loop's wall time, validation included).
+``train_steps / train_time_s`` of ``post.info`` (the loop's wall time, validation included),
+and steps per CPU second divides by the process CPU time spent inside ``train`` instead
+(single torch thread: on a machine shared with other jobs this is the load-independent figure).
 With the same seed both loops must give the same final validation loss; the script
 records both and whether they are equal.
 
@@ -31,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -97,7 +100,16 @@ def run_case(name: str, steps: int, train_fn) -> dict:
     case = CASES[name]
     data = case["data"]()
     saved = fit_module.train
-    fit_module.train = train_fn
+    cpu = []
+
+    def timed(*a, **k):
+        c0 = time.process_time()
+        try:
+            return train_fn(*a, **k)
+        finally:
+            cpu.append(time.process_time() - c0)
+
+    fit_module.train = timed
     try:
         t0 = time.perf_counter()
         post = bayesinv.fit(case["model"], method=case["method"], target=case["target"], data=data, seed=0, progress=False,
@@ -107,7 +119,8 @@ def run_case(name: str, steps: int, train_fn) -> dict:
         fit_module.train = saved
     info = post.info
     return {"steps": info["train_steps"], "train_time_s": info["train_time_s"], "fit_time_s": wall,
-            "steps_per_s": info["train_steps"] / info["train_time_s"], "best_val_loss": info["best_val_loss"]}  # fmt: skip
+            "steps_per_s": info["train_steps"] / info["train_time_s"], "train_cpu_s": sum(cpu),
+            "steps_per_cpu_s": info["train_steps"] / sum(cpu), "best_val_loss": info["best_val_loss"]}  # fmt: skip
 
 
 def main() -> None:
@@ -137,9 +150,12 @@ def main() -> None:
     summary = {}
     for name in args.cases:
         rows = {loop: [r for r in out["results"] if r["case"] == name and r["loop"] == loop] for loop in loops}
-        summary[name] = {loop: sorted(r["steps_per_s"] for r in rs)[len(rs) // 2] for loop, rs in rows.items()}
+        med = lambda rs, key: float(np.median([r[key] for r in rs]))  # noqa: E731
+        summary[name] = {f"{loop} {unit}": med(rs, key) for loop, rs in rows.items()
+                         for unit, key in (("steps/s", "steps_per_s"), ("steps/cpu-s", "steps_per_cpu_s"))}  # fmt: skip
         if args.compare_with:
-            summary[name]["speedup"] = summary[name]["current"] / summary[name][args.compare_with]
+            for unit in ("steps/s", "steps/cpu-s"):
+                summary[name][f"speedup {unit}"] = summary[name][f"current {unit}"] / summary[name][f"{args.compare_with} {unit}"]
             summary[name]["same_val_loss"] = all(
                 a["best_val_loss"] == b["best_val_loss"] for a, b in zip(rows["current"], rows[args.compare_with]))  # fmt: skip
     out["summary"] = summary
