@@ -6,8 +6,9 @@ warm-up and ``--draws`` draws through ``bayesinv.infer(..., method="nuts")``; re
 wall time (JIT compilation included for NumPyro, and the compiled rerun), the smallest
 bulk ESS over the target site, ESS per second, the largest R-hat, and the largest error
 of the posterior mean and sd against the exact posterior in units of the exact sd.
-Pyro NUTS on the 32 × 32 field is run with its own (smaller) ``--pyro-field-draws``
-so that it finishes; ESS per second is comparable across lengths.
+Pyro NUTS on the 32 × 32 field (and on the problems named by ``--pyro-short``) is run
+as one chain of ``--pyro-field-draws`` warm-up and draws so that it finishes; ESS per
+second is comparable across lengths.
 
 Importance sampling: ``--proposals`` prior proposals on the 10-D linear Gaussian with
 the torch path (Pyro model) and the JAX path (NumPyro model), proposals per second and
@@ -109,6 +110,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--field-size", type=int, default=32)
     parser.add_argument("--pyro-field-draws", type=int, default=100, help="warm-up and draws of Pyro NUTS on the field, 1 chain")
+    parser.add_argument("--pyro-short", nargs="*", default=[], help="problems on which Pyro NUTS runs 1 chain of --pyro-field-draws"
+                        " (its ESS per second compares with the full NumPyro run; Pyro needs hours for the full run)")
     parser.add_argument("--proposals", type=int, default=1_000_000)
     parser.add_argument("--skip", nargs="*", default=[], help="problem names (or 'importance') to skip")
     parser.add_argument("--threads", type=int, default=None)
@@ -121,7 +124,7 @@ def main() -> None:
         if name in args.skip:
             continue
         row = {}
-        field = name.startswith("deblurring")
+        field = name.startswith("deblurring") or name in args.pyro_short
         kw = dict(chains=args.chains, warmup=args.warmup, draws=args.draws, seed=0)
         row["numpyro"] = run_nuts(problem.numpyro_model, y, target, mean, sd, **kw)
         row["numpyro_compiled_rerun"] = run_nuts(problem.numpyro_model, y, target, mean, sd, **{**kw, "seed": 1})
