@@ -27,7 +27,7 @@ Needs sbi for the ``npe`` row (see ``benchmarks/two_moons.py``).
 
 Example:
     python benchmarks/default_settings.py --methods flow cond_score flow_matching vae npe
-    python benchmarks/default_settings.py --table before heavy_tailed   # merged table of result files
+    python benchmarks/default_settings.py --table before:linear_gaussian heavy_tailed   # merged table of result files
 """
 
 from __future__ import annotations
@@ -127,13 +127,15 @@ def main() -> None:
     p.add_argument("--label", default="default")
     p.add_argument("--machine", default="2-core CPU, no GPU (shared with other jobs)")
     p.add_argument("--table", nargs="+", default=None, metavar="LABEL",
-                   help="print the table of the result files default_settings_<LABEL>.json (merged) and exit")
+                   help="print the table of the result files default_settings_<LABEL>.json (merged; LABEL:p1,p2 keeps those problems) and exit")
     args = p.parse_args()
     if args.table:
         rows = []
-        for label in args.table:
+        for spec in args.table:
+            label, _, only = spec.partition(":")  # LABEL:problem,problem keeps only those problems of the file
             data = json.loads((RESULTS / f"default_settings_{label}.json").read_text())
-            rows += [{**r, "c2st_draws": data["max_samples"] or data["num_draws"]} for r in data["results"]]
+            rows += [{**r, "c2st_draws": data["max_samples"] or data["num_draws"]} for r in data["results"]
+                     if not only or r["problem"] in only.split(",")]
         print(table(rows))
         return
     set_threads(args.threads)
