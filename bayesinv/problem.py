@@ -420,13 +420,13 @@ def trace_problem(model: Callable, *, observed: list[str] | tuple[str, ...] | st
         observed = (observed,)
     if observed is not None:
         observed = tuple(observed)
+        bad = [n for n in observed if not isinstance(n, str)]
+        if bad or not observed:
+            raise ProblemError(f"observed= must name at least one site (a list of strings), got {list(observed)!r}")
     if _numpyro_model(model):
         from bayesinv import _numpyro
 
         return _numpyro.trace_numpyro(model, observed=observed, seed=0 if seed is None else check_seed(seed))
-        bad = [n for n in observed if not isinstance(n, str)]
-        if bad or not observed:
-            raise ProblemError(f"observed= must name at least one site (a list of strings), got {list(observed)!r}")
     seed = check_seed(seed)
     trace, ctx, used_seed = _trace_prior(model, seed)
     if observed is not None:

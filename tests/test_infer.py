@@ -63,7 +63,7 @@ def test_mcmc_gradient_free_on_blackbox_model():
     lg = LinearGaussian(dim=3, noise=0.7, seed=2)
     theta, y = lg.draw(seed=4)
     mean, cov = lg.posterior(y)
-    idata = bayesinv.infer(lg.model, y, method="mcmc", num_samples=1500, num_chains=4, seed=0, progress=False)
+    idata = bayesinv.infer(lg.model, y, method="mcmc", num_samples=1500, num_chains=4, thin=1, seed=0, progress=False)
     draws = idata.posterior["theta"].values.reshape(-1, 3)
     sd = np.sqrt(np.diag(cov))
     assert np.abs(draws.mean(0) - mean).max() / sd.min() < 0.25
@@ -202,9 +202,13 @@ def test_runs_without_a_terminal_log_their_size_and_eta(caplog, monkeypatch):
     bayesinv.infer(LG.model, Y, method="importance", num_samples=100, num_proposals=3000, seed=0, progress=False)
     assert "importance: 3,000 proposals from the prior (num_proposals=3,000)" in caplog.text
     caplog.clear()
-    bayesinv.infer(LG.model, Y, method="mcmc", num_samples=50, num_chains=2, seed=0, progress=None)
+    bayesinv.infer(LG.model, Y, method="mcmc", num_samples=50, num_chains=2, thin=1, seed=0, progress=None)
     assert "mcmc: 2 chain(s) moved together, 100 warm-up + 50 x thin 1 steps = 150 model runs of 2 draws (warm-up defaults to 2 * num_samples)" in caplog.text
     assert re.search(r"mcmc: 15/150 steps \(10%\).*ETA", caplog.text)
+    caplog.clear()
+    bayesinv.infer(LG.model, Y, method="mcmc", num_samples=50, num_chains=2, seed=0, progress=None)  # thin sized by the run
+    assert "x thin (auto, 1-10) steps = 150 or more model runs" in caplog.text
+    assert re.search(r"mcmc: thin \d+ \(autocorrelation time", caplog.text)
     caplog.clear()
     bayesinv.infer(LG.model, Y, method="nuts", num_samples=20, num_chains=1, seed=0, progress=None)
     assert "nuts: 1 chain(s) x (20 warm-up + 20 draws) = 40 steps (warm-up defaults to num_samples)" in caplog.text

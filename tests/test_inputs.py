@@ -154,7 +154,7 @@ def test_one_seed_rule(method):
 
 
 def test_trace_problem_arguments():
-    with pytest.raises(ProblemError, match="model must be a callable Pyro model, got int"):
+    with pytest.raises(ProblemError, match="model must be a callable Pyro or NumPyro model, got int"):
         trace_problem(3)
     with pytest.raises(ProblemError, match=r"observed= names \['nope'\] are not sites of the model"):
         trace_problem(LG.model, observed=["nope"])
