@@ -181,3 +181,14 @@ def test_deblurring_twins_and_numpyro_nuts_against_the_exact_field_posterior():
     assert set(idata.posterior.data_vars) == {"x"}  # R-hat and ESS on the target, not on the whitening latent z
     assert np.abs(post.mean(0) - mean).max() < 5 * sd.max() / np.sqrt(200)  # ESS >= 200 of 800 draws
     assert 0.85 < (post.std(0) / sd).min() and (post.std(0) / sd).max() < 1.15
+
+
+def test_importance_reuses_a_simulated_store_of_a_numpyro_model(tmp_path):
+    y, mean, sd = _exact()
+    ds = bayesinv.simulate(LG.numpyro_model, 100_000, seed=4, chunk_size=50_000, path=tmp_path / "joint.zarr", progress=False)
+    idata = bayesinv.infer(LG.numpyro_model, y, method="importance", num_samples=2000, data=tmp_path / "joint.zarr",
+                           seed=0, progress=False)  # fmt: skip
+    post = idata.posterior["theta"].values.reshape(-1, 3)
+    ess = float(idata.sample_stats["ess"])
+    assert int(idata.sample_stats["num_proposals"]) == ds.sizes["draw"]  # the stored draws were the proposals
+    assert np.all(np.abs(post.mean(0) - mean) < 4 * sd / np.sqrt(min(ess, 2000)))
