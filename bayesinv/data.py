@@ -58,6 +58,7 @@ import numpy as np
 import xarray as xr
 
 from bayesinv._checks import check_count, check_seed
+from bayesinv._fsutil import fsync_dir
 from bayesinv._version import __version__
 from bayesinv.errors import ProblemError, StoreError, StoreLockedError
 from bayesinv.methods._util import chunk_seed, progress_bar
@@ -93,19 +94,6 @@ def _step(name: str) -> None:
         _test_hook(name)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(file: Path, obj: Any, *, durable: bool = False) -> None:
     r"""Replaces ``file`` by ``obj`` as JSON: a reader or a kill sees the old file or the new one.
 
@@ -120,7 +108,7 @@ def _write_json_atomic(file: Path, obj: Any, *, durable: bool = False) -> None:
             os.fsync(f.fileno())
     os.replace(tmp, file)
     if durable:
-        _fsync_dir(file.parent)
+        fsync_dir(file.parent)
 
 
 def _read_state(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from bayesinv._fsutil import fsync_dir
 from bayesinv.errors import CheckpointError, OptionError
 
 __all__ = ["TrainConfig", "TrainResult", "train", "check_checkpoint_options", "read_checkpoint", "write_checkpoint"]
@@ -206,16 +207,7 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     _remove_stale_temporaries(path)
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _remove_stale_temporaries(path: str) -> None:
