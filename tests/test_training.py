@@ -178,3 +178,18 @@ def test_kills_at_random_moments_leave_a_loadable_checkpoint_and_the_run_finishe
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["done", str(total)] and read_checkpoint(path)["step"] == total
     assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []  # what killed writers left is cleaned up
+
+
+def test_training_without_a_terminal_logs_its_size_progress_and_eta(caplog):
+    # item 17 of the reliability issue: a long fit says how long it is, through logging, without a terminal
+    import logging
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 2, generator=torch.Generator().manual_seed(1))
+    net = nn.Linear(2, 2)
+    with caplog.at_level(logging.INFO, logger="bayesinv"):
+        train(lambda m, b: (m(b) - b).pow(2).mean(), net, (x,), config=TrainConfig(max_steps=60, batch_size=32, progress=None))
+    text = caplog.text
+    assert "train: starting, 60 steps" in text
+    assert "about" in text and "more (estimated after" in text  # the estimated training time
+    assert "train: done, 60 steps in" in text

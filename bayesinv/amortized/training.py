@@ -279,7 +279,8 @@ def _report_eta(bar: Any, steps: int, seconds: float, remaining: int) -> None:
     text = f"{eta / 3600:.1f} h" if eta > 5400 else f"{eta / 60:.1f} min" if eta > 90 else f"{eta:.0f} s"
     logger.info("training: %d steps to go at %.3g s per step: about %s more (estimated after %d steps)",
                 remaining, per_step, text, steps)  # fmt: skip
-    bar.set_description(f"train (about {text} left)")
+    if hasattr(bar, "format_dict"):  # a tqdm bar; log lines carry their own ETA
+        bar.set_description(f"train (about {text} left)")
 
 
 def train(
@@ -382,9 +383,9 @@ def train(
             **s,
         })  # fmt: skip
 
-    from tqdm.auto import tqdm
+    from bayesinv.methods._util import progress_bar
 
-    bar = tqdm(total=total, initial=s["step"], desc="train", disable=None if cfg.progress is None else not cfg.progress)
+    bar = progress_bar(total, "train", cfg.progress, unit="steps", initial=s["step"])  # a bar, or log lines without a terminal
     run_sum = torch.tensor(s["run_sum"], device=device)
     start = time.perf_counter() - s["wall"]
     first_step, first_time = s["step"], time.perf_counter()
