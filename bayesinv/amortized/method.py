@@ -31,6 +31,7 @@ from bayesinv.errors import OptionError
 __all__ = [
     "AmortizedMethod",
     "TrainOptions",
+    "ScoreNetOptions",
     "COMMON_FIT_OPTIONS",
     "register_amortized",
     "get_amortized",
@@ -137,6 +138,47 @@ class TrainOptions:
         names = ("max_epochs", "max_steps", "batch_size", "lr", "lr_schedule", "patience", "ema_decay",
                  "val_fraction", "grad_clip", "weight_decay")  # fmt: skip
         return TrainConfig(**{k: getattr(self, k) for k in names}, seed=seed, device=str(device), progress=progress)
+
+
+@dataclass(frozen=True)
+class ScoreNetOptions:
+    r"""The network options of the score / velocity networks (:mod:`bayesinv.nets.score`), shared by
+    cond_score and flow_matching.
+
+    Arguments:
+        network: ``"mlp"``, ``"unet"`` or ``"auto"`` (U-Net for one 2-D field target).
+        hidden: Hidden layer sizes of the MLP.
+        activation: ``"silu"``, ``"relu"``, ``"gelu"`` or ``"tanh"``.
+        embedding: Observation embedding: ``"none"``, ``"mlp"``, ``"cnn"`` or ``"auto"``.
+        embed_dim: Size of the observation embedding.
+        embed_map_channels: U-Net with an embedded observation: channels of the learned map
+            onto a coarse copy of the target grid (0: off).
+        base_channels, channel_mults: U-Net width and resolution levels.
+    """
+
+    network: str = "auto"
+    hidden: tuple[int, ...] = (256, 256, 256)
+    activation: str = "silu"
+    embedding: str = "auto"
+    embed_dim: int = 64
+    embed_map_channels: int = 8
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+
+    def check_network(self) -> None:
+        r"""Validates the network fields (called by each config's ``__post_init__``)."""
+        from bayesinv.nets.score import ACTIVATIONS
+
+        check_choice(self, "network", ("auto", "mlp", "unet"))
+        check_choice(self, "activation", tuple(ACTIVATIONS))
+        check_choice(self, "embedding", ("auto", "none", "mlp", "cnn"))
+        for name in ("hidden", "channel_mults"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(h, int) and h >= 1 for h in value):
+                raise OptionError(f"{type(self).__name__}: option {name}={value!r} must be a tuple of integers >= 1")
+        for name in ("embed_dim", "base_channels"):
+            check_int(self, name)
+        check_int(self, "embed_map_channels", minimum=0)
 
 
 def to_json(cfg: Any) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.method import (
-    AmortizedMethod, TrainOptions, check_choice, check_float, check_int, map_rows, register_amortized, to_json,
+    AmortizedMethod, ScoreNetOptions, TrainOptions, check_choice, check_float, check_int, map_rows, register_amortized, to_json,
 )  # fmt: skip
 from bayesinv.diffusion import (
     annealed_langevin, choose_num_levels, choose_sigma_1, choose_step_size, dsm_loss, expand_like, geometric_sigmas,
@@ -45,7 +45,7 @@ from bayesinv.diffusion import (
 )  # fmt: skip
 from bayesinv.diffusion.samplers import probability_flow_log_prob
 from bayesinv.errors import OptionError, ProblemError
-from bayesinv.nets.score import ACTIVATIONS, CondScoreNet, make_process, net_spec
+from bayesinv.nets.score import CondScoreNet, make_process, net_spec
 
 __all__ = ["CondScoreConfig", "CondScoreSampler", "CondScoreNet", "COND_SCORE", "score_loss", "PROCESSES", "SAMPLERS"]
 
@@ -62,7 +62,7 @@ SAMPLER_OPTIONS = {
 
 
 @dataclass(frozen=True)
-class CondScoreConfig(TrainOptions):
+class CondScoreConfig(ScoreNetOptions, TrainOptions):
     r"""Fit options of ``method="cond_score"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
 
     Arguments:
@@ -91,14 +91,6 @@ class CondScoreConfig(TrainOptions):
 
     process: str = "ve"
     sampler: str | None = None
-    network: str = "auto"
-    hidden: tuple[int, ...] = (256, 256, 256)
-    activation: str = "silu"
-    embedding: str = "auto"
-    embed_dim: int = 64
-    embed_map_channels: int = 8
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
     sigma_max: float = 5.0
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -117,16 +109,10 @@ class CondScoreConfig(TrainOptions):
         check_choice(self, "process", PROCESSES)
         if self.sampler is not None and self.sampler not in SAMPLERS[self.process]:
             raise OptionError(f"sampler {self.sampler!r} does not fit process {self.process!r}; use one of {SAMPLERS[self.process]}")
-        check_choice(self, "network", ("auto", "mlp", "unet"))
-        check_choice(self, "activation", tuple(ACTIVATIONS))
+        self.check_network()
         check_choice(self, "time_sampling", ("uniform", "mixed"))
-        check_choice(self, "embedding", ("auto", "none", "mlp", "cnn"))
-        for name in ("hidden", "channel_mults"):
-            if not isinstance(getattr(self, name), tuple) or not all(isinstance(h, int) and h >= 1 for h in getattr(self, name)):
-                raise OptionError(f"CondScoreConfig: option {name}={getattr(self, name)!r} must be a tuple of integers >= 1")
-        for name in ("embed_dim", "base_channels", "min_levels", "steps_per_level"):
+        for name in ("min_levels", "steps_per_level"):
             check_int(self, name)
-        check_int(self, "embed_map_channels", minimum=0)
         check_int(self, "num_levels", minimum=2, none=True)
         for name in ("sigma_max", "beta_min", "beta_max", "sigma_L"):
             check_float(self, name, low=0.0, open_low=True)

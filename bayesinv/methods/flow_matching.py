@@ -25,11 +25,12 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, map_rows, register_amortized, to_json
+from bayesinv.amortized.method import (
+    AmortizedMethod, ScoreNetOptions, TrainOptions, check_choice, check_float, check_int, map_rows, register_amortized, to_json,
+)
 from bayesinv.diffusion.loss import flow_matching_loss
 from bayesinv.diffusion.samplers import flow_matching_log_prob, flow_matching_ode
-from bayesinv.errors import OptionError
-from bayesinv.nets.score import ACTIVATIONS, CondScoreNet, net_spec
+from bayesinv.nets.score import CondScoreNet, net_spec
 
 __all__ = ["FlowMatchingConfig", "FlowMatchingSampler", "FLOW_MATCHING", "EXACT_MAX_DIM"]
 
@@ -38,41 +39,21 @@ EXACT_MAX_DIM = 32
 
 
 @dataclass(frozen=True)
-class FlowMatchingConfig(TrainOptions):
-    r"""Fit options of ``method="flow_matching"`` (and the fields of :class:`~bayesinv.amortized.method.TrainOptions`).
+class FlowMatchingConfig(ScoreNetOptions, TrainOptions):
+    r"""Fit options of ``method="flow_matching"``: the network fields of
+    :class:`~bayesinv.amortized.method.ScoreNetOptions` (as cond_score), the training fields of
+    :class:`~bayesinv.amortized.method.TrainOptions`, and
 
     Arguments:
-        network: ``"mlp"``, ``"unet"`` or ``"auto"`` (U-Net for one 2-D field target).
-        hidden: Hidden layer sizes of the MLP.
-        activation: ``"silu"``, ``"relu"``, ``"gelu"`` or ``"tanh"``.
-        embedding: Observation embedding: ``"none"``, ``"mlp"``, ``"cnn"`` or ``"auto"`` (as cond_score).
-        embed_dim: Size of the observation embedding.
-        embed_map_channels, base_channels, channel_mults: U-Net embedding map, width and levels.
         sigma_min: Width of the path at the data end.
         normalization: ``"standard"`` (default), ``"minmax"`` or ``"none"``.
     """
 
-    network: str = "auto"
-    hidden: tuple[int, ...] = (256, 256, 256)
-    activation: str = "silu"
-    embedding: str = "auto"
-    embed_dim: int = 64
-    embed_map_channels: int = 8
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
     sigma_min: float = 1e-4
 
     def __post_init__(self):
         self.check_training()
-        check_choice(self, "network", ("auto", "mlp", "unet"))
-        check_choice(self, "activation", tuple(ACTIVATIONS))
-        check_choice(self, "embedding", ("auto", "none", "mlp", "cnn"))
-        for name in ("hidden", "channel_mults"):
-            if not isinstance(getattr(self, name), tuple) or not all(isinstance(h, int) and h >= 1 for h in getattr(self, name)):
-                raise OptionError(f"FlowMatchingConfig: option {name}={getattr(self, name)!r} must be a tuple of integers >= 1")
-        for name in ("embed_dim", "base_channels"):
-            check_int(self, name)
-        check_int(self, "embed_map_channels", minimum=0)
+        self.check_network()
         check_float(self, "sigma_min", low=0.0, high=0.5)
 
 
