@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m ""
 
+# the documentation site (Sphinx, pydata theme, a gallery of examples/); warnings are errors
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	rm -rf docs/_build docs/auto_examples docs/generated
+	$(PY) -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	@echo "site: docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache docs/_build docs/auto_examples docs/generated

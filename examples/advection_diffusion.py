@@ -1,4 +1,6 @@
-r"""Boundary flux of a transported species from 30 noisy concentration sensors.
+r"""
+Boundary flux of a transported species from 30 noisy concentration sensors
+==========================================================================
 
 Draws a flux from the Gaussian-process prior (clipped at 0), simulates the sensor
 readings, and computes the reference posterior: the exact Gaussian posterior of the

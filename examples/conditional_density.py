@@ -1,4 +1,6 @@
-r"""Learn a bimodal conditional density with cond_score and check it against the truth.
+r"""
+Learn a bimodal conditional density with cond_score and check it against the truth
+==================================================================================
 
 Bimodal (``bayesinv.models.toy.bimodal``): X = (Y + C)^{1/3}, Y, C ~ N(0, 1). One
 conditional score model is trained on 10,000 joint draws; for y ∈ {−0.5, 0, 0.5, 1} it

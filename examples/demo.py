@@ -1,4 +1,6 @@
-r"""bayesinv in two minutes: a 10-dimensional linear-Gaussian inverse problem.
+r"""
+bayesinv in two minutes: a 10-dimensional linear-Gaussian inverse problem
+=========================================================================
 
 The posterior is known exactly, so the two reference methods — importance sampling and
 NUTS — can be checked against it. Writes ``out/demo/`` (InferenceData as netCDF and an

@@ -1,4 +1,6 @@
-r"""EIT with pyEIT: truth, Gauss–Newton and every learned method side by side.
+r"""
+EIT with pyEIT: truth, Gauss–Newton and every learned method side by side
+=========================================================================
 
 Part 1 (128 × 128, about a minute): for 2 and 4 anomalies at 40 dB, draws three
 (sigma, y) pairs, reconstructs each with ``bayesinv.infer(..., method="gauss_newton")``

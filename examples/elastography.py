@@ -1,4 +1,6 @@
-r"""Where is the stiff inclusion? Quasi-static elastography with an importance-sampling reference.
+r"""
+Where is the stiff inclusion? Quasi-static elastography with an importance-sampling reference
+=============================================================================================
 
 Draws an inclusion centre, simulates the noisy vertical displacement (scikit-fem,
 plane-stress incompressible elasticity on the 56 x 56 grid), simulates a set of prior

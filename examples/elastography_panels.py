@@ -1,4 +1,6 @@
-r"""Field panels of an elastography posterior: truth, measurement, draws, mean, std, |mean − truth|.
+r"""
+Field panels of an elastography posterior: truth, measurement, draws, mean, std, |mean − truth|
+===============================================================================================
 
 Draws a test inclusion (the first test inclusion of ``benchmarks/elastography.py``:
 ``draw(seed=100)``), computes the importance-sampling reference posterior of the shear
