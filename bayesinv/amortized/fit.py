@@ -118,7 +118,7 @@ def fit_posterior(
     seed = check_seed(seed)
     cfg, common = check_fit_options(method, options)
     dev = common["device"]
-    pairs = prepare_pairs(
+    pairs = (method.pairs or prepare_pairs)(
         problem, tuple(target), common["condition"], normalization=cfg.normalization, transforms=common["transforms"],
         num_simulations=common["num_simulations"], data=common["data"], seed=seed, progress=progress,
         conditional=method.conditional,

@@ -217,6 +217,9 @@ class AmortizedMethod:
             (e.g. csd_star's ``solver``); passed to the posterior's constructor.
         no_density: The message of ``log_prob`` for a method without a density.
         saved_keys: Keys the saved settings must have (checked by :func:`bayesinv.load`).
+        pairs: Optional replacement of :func:`~bayesinv.amortized.pairs.prepare_pairs` (same
+            signature), e.g. :func:`~bayesinv.amortized.prior_only.prepare_prior_pairs` for a
+            method trained on draws of the target alone (no simulation).
     """
 
     name: str
@@ -235,6 +238,7 @@ class AmortizedMethod:
     fit_extras: tuple[str, ...] = ()
     no_density: str = ""
     saved_keys: tuple[str, ...] = ()
+    pairs: Callable | None = None
 
     @property
     def config_fields(self) -> tuple[str, ...]:
