@@ -342,3 +342,49 @@ def test_cuda_device(method, posts, tmp_path):
     assert draws.shape == (2, 3, *shape) and draws.device.type == "cpu"
     cpu = bayesinv.load(post.save(tmp_path / "p.bayesinv"), device="cpu")
     assert cpu.sample(y, 3, seed=0, **sample_options(method, y))[name].shape == (2, 3, *shape)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_defaults_are_declared_once_per_method(method):
+    import importlib
+
+    from bayesinv.amortized.fit import check_fit_options
+
+    spec, declared = get_amortized(method), importlib.import_module(f"bayesinv.methods.{method}").TRAIN_DEFAULTS
+    assert spec.train_defaults == declared  # every training field is declared in the method's TRAIN_DEFAULTS
+    opts = dict(num_simulations=100)
+    cfg, _ = check_fit_options(spec, opts)
+    tcfg = cfg.train_config(seed=0, device="cpu", progress=False)
+    assert (cfg.max_epochs, tcfg.patience, tcfg.lr, cfg.normalization) == tuple(declared[k] for k in ("max_epochs", "patience", "lr", "normalization"))
+    # keywords and config= override the method's defaults; the fields not given keep them
+    cfg, _ = check_fit_options(spec, dict(opts, max_epochs=7, config={"lr": 0.01}))
+    assert (cfg.max_epochs, cfg.lr, cfg.patience) == (7, 0.01, declared["patience"])
+
+
+def test_train_options_replaces_the_class_defaults_and_refuses_bad_defaults():
+    from dataclasses import dataclass, replace
+
+    from bayesinv.amortized import fit_posterior, train_options
+    from bayesinv.methods.flow import FLOW, FlowConfig
+    from bayesinv.problem import trace_problem
+
+    base = train_options(dict(max_epochs=2, batch_size=30, patience=None))
+    assert (base().max_epochs, base().batch_size, base().lr) == (2, 30, 1e-3)  # the rest: TrainOptions' defaults
+
+    @dataclass(frozen=True)
+    class ShortFlowConfig(base, FlowConfig):  # the flow's fields, this base's training defaults
+        pass
+
+    short = replace(FLOW, name="short_flow", config=ShortFlowConfig)  # not registered: fitted through the layer directly
+    problem = trace_problem(LG.model)
+    common = dict(target=("theta",), num_simulations=100, seed=0, progress=False, device="cpu", hidden=(8,), num_transforms=1)
+    post = fit_posterior(problem, short, **common)
+    assert post.info["train_steps"] == 2 * 3  # 2 epochs of ceil(90 / 30) batches
+    post = fit_posterior(problem, short, max_epochs=1, batch_size=45, **common)
+    assert post.info["train_steps"] == 1 * 2  # the user's options override the declared defaults
+    with pytest.raises(OptionError, match=r"\['max_epoch'\] are not training options"):
+        train_options(dict(max_epoch=3))
+    with pytest.raises(OptionError, match="lr=-1.0"):
+        train_options(dict(lr=-1.0))
+    with pytest.raises(OptionError, match="lr_schedule"):
+        train_options(dict(lr_schedule="linear"))

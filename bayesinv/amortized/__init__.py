@@ -8,7 +8,7 @@ its sampler with a frozen sampler config.
 
 from bayesinv.amortized.fit import INFO_KEYS, fit_posterior
 from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms, resolve_device
-from bayesinv.amortized.method import AmortizedMethod, TrainOptions, get_amortized, register_amortized
+from bayesinv.amortized.method import AmortizedMethod, TrainOptions, get_amortized, register_amortized, train_options
 from bayesinv.amortized.pairs import Pairs, prepare_pairs, training_data
 from bayesinv.amortized.posterior import AmortizedPosterior
 
@@ -26,5 +26,6 @@ __all__ = [
     "prepare_pairs",
     "register_amortized",
     "resolve_device",
+    "train_options",
     "training_data",
 ]

@@ -31,6 +31,7 @@ from bayesinv.errors import OptionError
 __all__ = [
     "AmortizedMethod",
     "TrainOptions",
+    "train_options",
     "ScoreNetOptions",
     "COMMON_FIT_OPTIONS",
     "register_amortized",
@@ -140,6 +141,41 @@ class TrainOptions:
         return TrainConfig(**{k: getattr(self, k) for k in names}, seed=seed, device=str(device), progress=progress)
 
 
+def train_options(defaults: Mapping[str, Any], name: str = "MethodTrainOptions") -> type:
+    r"""The :class:`TrainOptions` base of a method's config, with the method's training defaults.
+
+    Each learned method file declares its training defaults once, as a module-level
+    ``TRAIN_DEFAULTS = dict(max_epochs=..., lr=..., ...)`` (one line per value), and derives
+    its config from ``train_options(TRAIN_DEFAULTS)``: those values replace the class
+    defaults of :class:`TrainOptions` (fields not named keep them), and options the user
+    gives (keywords, ``config=``) override both.
+
+    Arguments:
+        defaults: Training field names of :class:`TrainOptions` and their default values.
+        name: Name of the generated class.
+
+    Returns:
+        A frozen dataclass subclass of :class:`TrainOptions`.
+
+    Raises:
+        OptionError: A name that is not a training field, or a value its check refuses.
+
+    Example:
+        >>> Base = train_options(dict(max_epochs=500, lr_schedule="cosine"))
+        >>> Base().max_epochs, Base().patience
+        (500, 20)
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    bad = sorted(k for k in defaults if k not in fields)
+    if bad:
+        raise OptionError(f"training defaults {bad} are not training options; these are: {list(fields)}")
+    cls = dataclasses.make_dataclass(
+        name, [(k, fields[k].type, dataclasses.field(default=v)) for k, v in defaults.items()], bases=(TrainOptions,), frozen=True
+    )
+    cls().check_training()  # a default value its check refuses fails here, at import
+    return cls
+
+
 @dataclass(frozen=True)
 class ScoreNetOptions:
     r"""The network options of the score / velocity networks (:mod:`bayesinv.nets.score`), shared by
@@ -190,9 +226,16 @@ def to_json(cfg: Any) -> dict[str, Any]:
 class AmortizedMethod:
     r"""A learned method, as the amortized layer needs it.
 
+    Training defaults: each method file declares its own, in one place, as a module-level
+    ``TRAIN_DEFAULTS = dict(max_epochs=..., patience=..., lr=..., ...)`` (one line per value),
+    and its config derives from :func:`train_options` ``(TRAIN_DEFAULTS)``: these replace the
+    class defaults of :class:`TrainOptions` when the user passes nothing, and the user's
+    options override them. :attr:`train_defaults` lists the effective defaults.
+
     Arguments:
         name: The ``method=`` name.
-        config: Frozen config dataclass (fields: network and training options).
+        config: Frozen config dataclass (fields: network and training options; the training
+            fields with the method's defaults, through :func:`train_options`).
         sampler_config: Frozen dataclass of the sampling options (fields default to ``None``
             = the posterior's default).
         build: ``build(cfg, pairs, seed) -> (net, settings)``: the named network of the config and
@@ -243,6 +286,12 @@ class AmortizedMethod:
     @property
     def config_fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.config))
+
+    @property
+    def train_defaults(self) -> dict[str, Any]:
+        r"""The default of every training field (:class:`TrainOptions`) in this method's config."""
+        names = [f.name for f in dataclasses.fields(TrainOptions)]
+        return {f.name: f.default for f in dataclasses.fields(self.config) if f.name in names}
 
     @property
     def sample_fields(self) -> tuple[str, ...]:

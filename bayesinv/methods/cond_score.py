@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.method import (
-    AmortizedMethod, ScoreNetOptions, TrainOptions, check_choice, check_float, check_int, map_rows, register_amortized, to_json,
+    AmortizedMethod, ScoreNetOptions, check_choice, check_float, check_int, map_rows, register_amortized, train_options, to_json,
 )  # fmt: skip
 from bayesinv.diffusion import (
     annealed_langevin, choose_num_levels, choose_sigma_1, choose_step_size, dsm_loss, expand_like, geometric_sigmas,
@@ -61,8 +61,24 @@ SAMPLER_OPTIONS = {
 }
 
 
+#: Training defaults of ``method="cond_score"`` (they replace TrainOptions' class defaults; the user's options override them).
+TRAIN_DEFAULTS = dict(
+    max_epochs=200,
+    max_steps=None,
+    batch_size=256,
+    lr=1e-3,
+    lr_schedule=None,
+    patience=20,
+    ema_decay=0.999,
+    val_fraction=0.1,
+    grad_clip=None,
+    weight_decay=0.0,
+    normalization="minmax",
+)
+
+
 @dataclass(frozen=True)
-class CondScoreConfig(ScoreNetOptions, TrainOptions):
+class CondScoreConfig(ScoreNetOptions, train_options(TRAIN_DEFAULTS)):
     r"""Fit options of ``method="cond_score"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
 
     Arguments:
@@ -102,7 +118,6 @@ class CondScoreConfig(ScoreNetOptions, TrainOptions):
     eps: float | None = None
     t_min: float = 1e-5
     time_sampling: str = "mixed"
-    normalization: str = "minmax"
 
     def __post_init__(self):
         self.check_training()

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.layout import Layout, apply_transforms
-from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, register_amortized, to_json
+from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, register_amortized, train_options, to_json
 from bayesinv.amortized.posterior import AmortizedPosterior
 from bayesinv.diffusion import predictor_corrector
 from bayesinv.errors import OptionError, ProblemError
@@ -53,8 +53,24 @@ from bayesinv.nets.score import CondScoreNet, make_process, net_spec
 __all__ = ["CSDStarConfig", "CSDStarSampler", "CSDStarPosterior", "CSD_STAR", "choose_insert_step"]
 
 
+#: Training defaults of ``method="csd_star"`` (they replace TrainOptions' class defaults; the user's options override them).
+TRAIN_DEFAULTS = dict(
+    max_epochs=200,
+    max_steps=None,
+    batch_size=256,
+    lr=1e-3,
+    lr_schedule=None,
+    patience=20,
+    ema_decay=0.999,
+    val_fraction=0.1,
+    grad_clip=None,
+    weight_decay=0.0,
+    normalization="minmax",
+)
+
+
 @dataclass(frozen=True)
-class CSDStarConfig(TrainOptions):
+class CSDStarConfig(train_options(TRAIN_DEFAULTS)):
     r"""Fit options of ``method="csd_star"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
 
     Arguments:
@@ -84,7 +100,6 @@ class CSDStarConfig(TrainOptions):
     embed_map_channels: int = 8
     t_min: float = 1e-5
     time_sampling: str = "mixed"
-    normalization: str = "minmax"
     network = "unet"  # not fields: CSD* always uses a U-Net without an observation embedding
     embedding = "auto"
     hidden = (256, 256, 256)

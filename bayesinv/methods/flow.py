@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.layout import Layout
-from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, register_amortized
+from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, register_amortized, train_options
 from bayesinv.errors import OptionError
 from bayesinv.nets.flow import ConditionalFlow
 
@@ -40,8 +40,24 @@ __all__ = ["FlowConfig", "FlowSampler", "ConditionalFlow", "FLOW", "FLOWS"]
 FLOWS = ("nsf", "maf", "realnvp", "nsf_coupling", "multiscale")
 
 
+#: Training defaults of ``method="flow"`` (they replace TrainOptions' class defaults; the user's options override them).
+TRAIN_DEFAULTS = dict(
+    max_epochs=200,
+    max_steps=None,
+    batch_size=256,
+    lr=1e-3,
+    lr_schedule=None,
+    patience=20,
+    ema_decay=0.999,
+    val_fraction=0.1,
+    grad_clip=None,
+    weight_decay=0.0,
+    normalization="standard",
+)
+
+
 @dataclass(frozen=True)
-class FlowConfig(TrainOptions):
+class FlowConfig(train_options(TRAIN_DEFAULTS)):
     r"""Fit options of ``method="flow"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
 
     Arguments:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.method import (
-    AmortizedMethod, ScoreNetOptions, TrainOptions, check_choice, check_float, check_int, map_rows, register_amortized, to_json,
+    AmortizedMethod, ScoreNetOptions, check_choice, check_float, check_int, map_rows, register_amortized, train_options, to_json,
 )
 from bayesinv.diffusion.loss import flow_matching_loss
 from bayesinv.diffusion.samplers import flow_matching_log_prob, flow_matching_ode
@@ -38,8 +38,24 @@ __all__ = ["FlowMatchingConfig", "FlowMatchingSampler", "FLOW_MATCHING", "EXACT_
 EXACT_MAX_DIM = 32
 
 
+#: Training defaults of ``method="flow_matching"`` (they replace TrainOptions' class defaults; the user's options override them).
+TRAIN_DEFAULTS = dict(
+    max_epochs=200,
+    max_steps=None,
+    batch_size=256,
+    lr=1e-3,
+    lr_schedule=None,
+    patience=20,
+    ema_decay=0.999,
+    val_fraction=0.1,
+    grad_clip=None,
+    weight_decay=0.0,
+    normalization="standard",
+)
+
+
 @dataclass(frozen=True)
-class FlowMatchingConfig(ScoreNetOptions, TrainOptions):
+class FlowMatchingConfig(ScoreNetOptions, train_options(TRAIN_DEFAULTS)):
     r"""Fit options of ``method="flow_matching"``: the network fields of
     :class:`~bayesinv.amortized.method.ScoreNetOptions` (as cond_score), the training fields of
     :class:`~bayesinv.amortized.method.TrainOptions`, and

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.layout import Layout
-from bayesinv.amortized.method import AmortizedMethod, TrainOptions, check_choice, check_float, check_int, register_amortized
+from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, register_amortized, train_options
 from bayesinv.amortized.posterior import AmortizedPosterior
 from bayesinv.errors import OptionError
 from bayesinv.nets.vae import Stage1Loss, Stage2Loss, TwoStageVAE
@@ -51,8 +51,24 @@ from bayesinv.nets.vae import Stage1Loss, Stage2Loss, TwoStageVAE
 __all__ = ["VAEConfig", "VAESampler", "TwoStageVAE", "VAEPosterior", "VAE"]
 
 
+#: Training defaults of ``method="vae"`` (they replace TrainOptions' class defaults; the user's options override them).
+TRAIN_DEFAULTS = dict(
+    max_epochs=200,
+    max_steps=None,
+    batch_size=256,
+    lr=1e-3,
+    lr_schedule=None,
+    patience=20,
+    ema_decay=0.999,
+    val_fraction=0.1,
+    grad_clip=None,
+    weight_decay=0.0,
+    normalization="standard",
+)
+
+
 @dataclass(frozen=True)
-class VAEConfig(TrainOptions):
+class VAEConfig(train_options(TRAIN_DEFAULTS)):
     r"""Fit options of ``method="vae"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`,
     used by each stage).
 
