@@ -1,6 +1,7 @@
 r"""Markdown tables for docs/benchmarks.md from the result files of the benchmark scripts.
 
 Run:  python benchmarks/tables.py conditional_densities two_moons two_moons_samplers two_moons_long
+      python benchmarks/tables.py page     (writes docs/results.md, the one-screen results page)
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,9 +105,290 @@ def _c2st_table(paths: list) -> None:
     print("\n".join(line for _, line in sorted(commands)))
 
 
+# ---------------------------------------------------------------------------------------
+# The results page (docs/results.md): one short table per problem, the current results
+# beside the published and peer figures; each row points to the command that produced it.
+# ---------------------------------------------------------------------------------------
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+class _Commands:
+    r"""Numbers the commands of one section: rows cite ``[n]``, the list follows the table."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, meta: dict) -> str:
+        line = f"`{meta['command']}` ({str(meta.get('date_utc', ''))[:10]})"
+        if line not in self.lines:
+            self.lines.append(line)
+        return f"[{self.lines.index(line) + 1}]"
+
+    def render(self) -> list[str]:
+        return [f"[{i}] {line}  " for i, line in enumerate(self.lines, 1)] + [""]
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return ["(no result files yet)", ""]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return out + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def _f(x: Any, fmt: str = ".3f") -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+#: two_moons runs on the page, grouped: runs of one group cover disjoint observations and merge.
+TWO_MOONS_GROUPS = {"defaults of 2026-11-23": ["two_moons_default", "two_moons_obs8-10", "two_moons_npse-obs7"],
+                    "flow with fast options": ["two_moons_fast_flow"]}
+
+
+def page_two_moons() -> list[str]:
+    cite, rows = _Commands(), []
+    for group, names in TWO_MOONS_GROUPS.items():
+        c2st, fits, refs = defaultdict(list), defaultdict(list), defaultdict(set)
+        for d in filter(None, map(_load, names)):
+            for r in d["results"]:
+                c2st[r["method"]].append(r["c2st"])
+                refs[r["method"]].add(cite(d["meta"]))
+            for method in {r["method"] for r in d["results"]}:
+                fits[method].append(d["fits"]["cond_score" if method.startswith("cond_score") else method]["fit_time_s"])
+        fit = {m: float(np.median(v)) for m, v in fits.items()}
+        for method in c2st:
+            peer = None if method in ("npe", "npse") else ("npse" if method.startswith(("cond_score", "flow_matching")) else "npe")
+            ratio = f"{fit[method] / fit[peer]:.2f}× {peer.upper()}" if peer in fit else "–"
+            name = f"sbi {method.upper()}" if peer is None else method
+            rows.append([group, name, f"{np.mean(c2st[method]):.3f}", str(len(c2st[method])), f"{fit[method]:.0f}", ratio,
+                         " ".join(sorted(refs[method]))])
+    return ["## two_moons (sbibm) against sbi", "",
+            "C2ST of 10,000 draws against sbibm's reference draws (0.5 = indistinguishable), mean over the",
+            "observations; every method trains on the same 10,000 simulations in the same run as sbi 0.27's",
+            "NPE and NPSE. Targets: flow at NPE's C2ST or better in ≤ 0.5× NPE's fit time; cond_score and",
+            "flow_matching at NPSE's or better in ≤ 0.5× NPSE's.", "",
+            *_table(["runs", "method", "C2ST", "obs.", "fit (s, median)", "fit time", "cmd"], rows), *cite.render()]
+
+
+def page_default_settings() -> list[str]:
+    cite, table, problems = _Commands(), defaultdict(dict), {}
+    for path in sorted(RESULTS.glob("default_settings_*.json")):
+        if path.stem.endswith("_before"):
+            continue
+        d = json.loads(path.read_text())
+        for r in d["results"]:
+            key = f"{r['problem']} ({r.get('kind', '')})"
+            problems.setdefault(key, set()).add(cite(d["meta"]))
+            table[r["method"]].setdefault(key, []).append(r["c2st"])
+    head = ["method"] + [f"{p} {' '.join(sorted(c))}" for p, c in problems.items()]
+    rows = [[m if m != "npe" else "sbi NPE"] + [_f(float(np.mean(v[p]))) if p in v else "–" for p in problems] for m, v in table.items()]
+    return ["## Default settings (no options passed)", "",
+            "C2ST (0.5 = indistinguishable) of every learned method called without options, beside sbi's NPE,",
+            "on vector problems with reference posteriors.", "", *_table(head, rows), *cite.render()]
+
+
+#: Conditional-density result labels on the page (method label -> shown as).
+CONDITIONAL_SHOWN = {"cond_score ve ode": "cond_score VE, ODE (300 epochs)", "cond_score vp_10k_samplers ode": "cond_score VP, ODE (10,000 epochs)",
+                     "flow nsf": "flow (NSF)", "flow_matching default": "flow_matching (defaults)", "vae default": "vae (defaults)"}  # fmt: skip
+
+
+def page_conditional_densities() -> list[str]:
+    cite, table, fits = _Commands(), defaultdict(dict), {}
+    floor = {}
+    for path in sorted(RESULTS.glob("conditional_densities_*.json")):
+        d = json.loads(path.read_text())
+        for name, entry in d["problems"].items():
+            floor[name] = entry["floor_mean"]
+            for v in entry["variants"]:
+                opts = dict(v["sample_options"])
+                label = f"{d['method']} {d.get('results_label') or d['label']}" + (f" {opts.pop('sampler')}" if "sampler" in opts else "")
+                if label in CONDITIONAL_SHOWN and not opts:
+                    table[label][name] = (v["sinkhorn_mean"], cite(entry.get("meta", d["meta"])))
+                    fits.setdefault(label, {})[name] = entry["fit_time_s"]
+    problems = ("tanh", "bimodal", "spiral")
+    rows = [[CONDITIONAL_SHOWN[label]] + [f"{values[p][0]:.3f} {values[p][1]}" if p in values else "–" for p in problems]
+            + [f"{np.median(list(fits[label].values())):.0f}"] for label, values in table.items()]
+    rows += [[f"published {k.upper()}"] + [f"{PUBLISHED_OT[k][p]:.3f}" for p in problems] + [""] for k in ("ve", "vp")]
+    rows.append(["floor (reference vs reference)"] + [_f(floor.get(p)) for p in problems] + [""])
+    return ["## Conditional densities (Tanh, Bimodal, Spiral)", "",
+            "Sinkhorn distance between learned and reference conditional draws (lower is better), mean",
+            "over the conditioning values; published: the drift-diffusion paper's VE / VP rows.", "",
+            *_table(["method", "tanh", "bimodal", "spiral", "fit (s)"], rows), *cite.render()]
+
+
+def page_advection() -> list[str]:
+    cite, rows = _Commands(), []
+    for variant in ("full", "masked"):
+        d = _load(f"advection_diffusion_{variant}")
+        if d is None:
+            continue
+        for r in d["rows"]:
+            for m in (k for k in r if k not in ("noise", "masked", "reference")):
+                rows.append([variant, f"{r['noise']:g}", f"{r['reference']['error']:.4f}", m, f"{r[m]['error']:.4f}",
+                             f"{r[m]['error_vs_reference']:.4f}", cite(d["meta"])])
+    pub = (_load("advection_diffusion_full") or {}).get("published_zero_noise_error")
+    return ["## Advection-diffusion boundary flux", "",
+            "Error of the posterior-mean flux over 50 test fluxes, relative to the mean flux (published: about",
+            f"{pub} at zero noise); 'vs reference': the same distance to the likelihood-based reference's mean.", "",
+            *_table(["operator", "σ_ε", "reference", "method", "error", "vs reference", "cmd"], rows), *cite.render()]
+
+
+def page_elastography() -> list[str]:
+    cite, rows = _Commands(), []
+    for noise in ("0.025", "0.05", "0.1"):
+        d = _load(f"elastography_{noise}_steps1200_10tests")
+        if d is not None:
+            r = d["result"]
+            rows.append([noise, "cond_score, target mu (field)", f"{r['mean_rmse']:.3f} ({r['published_mean_rmse']})",
+                         f"{r['std_rmse']:.3f} ({r['published_std_rmse']})", f"{r['fit_time_s']:.0f}", cite(d["meta"])])
+    for path in sorted(RESULTS.glob("elastography_latent*.json")):
+        d = json.loads(path.read_text())
+        for r in d.get("rows", []):
+            rows.append([f"{r['noise']:g}", f"{r['method']}, target center", f"{r['mean_rmse']:.3f}", f"{r['std_rmse']:.3f}",
+                         _f(r.get("fit_time_s"), ".0f"), cite(d["meta"])])
+    return ["## Quasi-static elastography", "",
+            "Pixel-wise RMSE of the field's posterior mean and standard deviation against the likelihood-based",
+            "reference over ten test inclusions (in brackets: the mechanics paper's cSDM, GPU, 100,000 epochs).", "",
+            *_table(["σ_η", "method", "mean RMSE (published)", "std RMSE (published)", "fit (s)", "cmd"], rows), *cite.render()]
+
+
+EIT_SETTINGS = {"2anom_40db": (2, 40), "4anom_40db": (4, 40), "2anom_25db": (2, 25), "4anom_25db": (4, 25)}
+
+
+def page_eit() -> list[str]:
+    from eit import PUBLISHED  # benchmarks/eit.py: the paper's Tables 1–4
+
+    cite, rows = _Commands(), []
+    for setting, key in EIT_SETTINGS.items():
+        d = _load(f"eit_{setting}_32px")
+        if d is None:
+            continue
+        best: dict = {}
+        for name, m in d["methods"].items():
+            base = next(b for b in ("gauss_newton", "cond_score", "csd_star", "flow", "vae") if name.startswith(b))
+            if base not in best or m["mean"][0] < best[base][1]["mean"][0]:
+                best[base] = (name, m)
+        for base, (name, m) in best.items():
+            pub = PUBLISHED.get(key, {}).get(base)
+            cells = [f"{m['mean'][i]:{f}} ({pub[i]:{f}})" if pub else f"{m['mean'][i]:{f}}" for i, f in ((0, ".4f"), (1, ".2f"), (2, ".3f"))]
+            rows.append([f"{key[0]} anom., {key[1]} dB", name, *cells, _f(m.get("fit_time_s"), ".0f"), cite(m.get("run", d))])
+    return ["## Electrical impedance tomography", "",
+            "MSE / PSNR / SSIM of the posterior mean against the truth over 50 test draws at 32 × 32 with 4,000",
+            "training pairs, the best variant of each method (in brackets: the EIT comparison paper, 128 × 128,",
+            "10,000+ pairs, GPU; it has no cond_score row).", "",
+            *_table(["setting", "method", "MSE", "PSNR", "SSIM", "fit (s)", "cmd"], rows), *cite.render()]
+
+
+def page_oce() -> list[str]:
+    cite, rows = _Commands(), []
+    for path in sorted(RESULTS.glob("oce_cond_score*.json")):
+        d = json.loads(path.read_text())
+        r = d["result"]
+        rows.append(["reduced", f"cond_score ({r.get('train_steps', '?')} steps)", f"{r['mean_rmse']:.3f} / {r['std_rmse']:.3f}",
+                     f"{r['mean_rmse_vs_truth']:.3f}", _f(r.get("fit_time_s"), ".0f"), cite(d["meta"])])
+    ref = _load("oce_reference")
+    if ref:
+        r = ref["result"]
+        rows.append(["reduced", "Gaussian likelihood on the wrapped phase",
+                     f"{r['gauss_vs_exact_mean_rmse']:.3f} / {r['gauss_vs_exact_std_rmse']:.3f}", "–", "–", cite(ref["meta"])])
+        rows.append(["reduced", "exact wrapped-phase reference", "–", f"{r['exact_mean_rmse_vs_truth']:.3f}", "–", cite(ref["meta"])])
+    full = _load("oce_full")
+    if full:
+        r = full["result"]
+        rows.append(["full prior", "cond_score", "–", f"{r['mean_rmse_vs_truth']:.3f} (prior mean {r['prior_mean_rmse_vs_truth']:.3f})",
+                     _f(r.get("fit_time_s"), ".0f"), cite(full["meta"])])
+    return ["## OCE tumour spheroid (wrapped phase law)", "",
+            "Posterior of the field log10(E / E_hydrogel) at 64 × 64: RMSE of the pixel-wise mean / std against the",
+            "exact-likelihood reference (reduced variant), and of the mean against the truth; ten test observations.", "",
+            *_table(["prior", "posterior", "mean / std RMSE vs reference", "mean RMSE vs truth", "fit (s)", "cmd"], rows),
+            *cite.render()]
+
+
+def page_nuts() -> list[str]:
+    cite, rows = _Commands(), []
+    for path in sorted(RESULTS.glob("nuts_engines_*.json")):
+        d = json.loads(path.read_text())
+        for problem, v in d["nuts"].items():
+            if "pyro" in v and "numpyro" in v:
+                best = max((k for k in v if k.startswith("numpyro") and isinstance(v[k], dict)), key=lambda k: v[k]["ess_per_s"])
+                rows.append([problem, f"{v['numpyro']['ess_per_s']:.1f}", f"{v[best]['ess_per_s']:.1f}", f"{v['pyro']['ess_per_s']:.2f}",
+                             f"{v['numpyro']['ess_per_s'] / v['pyro']['ess_per_s']:.1f}×", cite(d["meta"])])
+    return ["## NUTS: the NumPyro engine against Pyro's", "",
+            "Minimum bulk ESS per second of wall time, 4 chains × (1,000 warm-up + 1,000 draws); 'compiled':",
+            "the same run again with the JIT cache warm.", "",
+            *_table(["problem", "NumPyro", "NumPyro, compiled", "Pyro", "NumPyro / Pyro", "cmd"], rows), *cite.render()]
+
+
+def page_simulator_failures() -> list[str]:
+    cite, rows = _Commands(), []
+    for path in sorted(RESULTS.glob("simulator_failures_*.json")):
+        d = json.loads(path.read_text())
+        by = {(r["rate"], r["isolate"]): r["direct"] for r in d["results"]}
+        for rate in sorted({r for r, _ in by if r}):
+            old, new = by.get((rate, "rows")), by.get((rate, "bisect"))
+            if old and new:
+                rows.append([f"{d['call_overhead_ms']:g} ms", f"{100 * rate:g} %", f"{old['seconds']:.2f} s / {old['calls']}",
+                             f"{new['seconds']:.2f} s / {new['calls']}", cite(d["meta"])])
+    return ["## Failing simulator rows", "",
+            "20,000 rows, a fraction failing: wall time / simulator calls when every row of a failed batch is",
+            "retried alone (before) and with bisection (now).", "",
+            *_table(["cost per call", "failing", "row by row", "bisection", "cmd"], rows), *cite.render()]
+
+
+def page_training() -> list[str]:
+    cite, rows = _Commands(), []
+    paths = sorted(RESULTS.glob("train_throughput_*.json"), key=lambda p: json.loads(p.read_text())["meta"]["date_utc"])
+    if paths:
+        d = json.loads(paths[-1].read_text())
+        best: dict = {}
+        for r in d["results"]:
+            if r.get("loop", "current") == "current":
+                best[r["case"]] = max(best.get(r["case"], 0.0), r["steps_per_s"])
+        rows = [[case, f"{v:.3g}", cite(d["meta"])] for case, v in best.items()]
+    return ["## Training-loop throughput", "", "Steps per second of the shared training loop, one thread, best repeat of the latest run.", "",
+            *_table(["case", "steps/s", "cmd"], rows), *cite.render()]
+
+
+PAGE_SECTIONS = [page_two_moons, page_default_settings, page_conditional_densities, page_advection, page_elastography,
+                 page_eit, page_oce, page_nuts, page_simulator_failures, page_training]
+
+
+def page_text() -> str:
+    r"""The text of docs/results.md, from the result files."""
+    lines = ["# Results", "",
+             "The current results against the published and peer figures, one table per problem, generated by",
+             "`python benchmarks/tables.py page` from `benchmarks/results/*.json` (do not edit by hand). `[n]`",
+             "points to the command below each table (run in `benchmarks/` unless it names the path) and its date.",
+             "Unless a command's row says otherwise the machine is a 2-core CPU without GPU, shared with other",
+             "jobs, one torch thread per process: times are upper bounds, ratios to a peer come from one run.",
+             "The studies behind these numbers, superseded rows and the history are in the",
+             "[benchmark log](benchmarks.md).", ""]
+    for section in PAGE_SECTIONS:
+        lines += section()
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def page() -> None:
+    r"""Writes docs/results.md from the result files."""
+    PAGE.write_text(page_text())
+    print(f"wrote {PAGE}")
+
+
+def check_page() -> None:
+    r"""Exits non-zero when docs/results.md is not what the result files give (edited by hand or stale)."""
+    if not PAGE.exists() or PAGE.read_text() != page_text():
+        raise SystemExit(f"{PAGE} is out of date: run `python benchmarks/tables.py page`")
+    print(f"{PAGE} is up to date")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tables = {"conditional_densities": conditional_densities, "two_moons": two_moons,
+    tables = {"conditional_densities": conditional_densities, "two_moons": two_moons, "page": page, "check_page": check_page,
               **{f"two_moons_{name}": (lambda name=name: two_moons(name)) for name in TWO_MOONS_STUDIES}}  # fmt: skip
     p.add_argument("tables", nargs="+", choices=tuple(tables))
     for name in p.parse_args().tables:
