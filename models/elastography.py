@@ -18,8 +18,10 @@ The synthetic problem of the conditional score-based diffusion paper for mechani
   4 triangles, so mu is exactly piecewise constant and the pixel centres are mesh
   nodes. Because the modulus is constant on each pixel, the pixel-centre node is
   condensed out exactly (the condensed pixel matrix is μ times a fixed matrix), which
-  halves the unknowns; one sparse LU (SuperLU) per draw. The displacement does not
-  depend on the modulus scale (displacement-controlled loading).
+  halves the unknowns. The pattern is fixed, so CHOLMOD's symbolic analysis (geometric
+  nested-dissection order) is done once and each draw is one numeric sparse Cholesky
+  (``solver="banded"``: LAPACK banded Cholesky, without CVXOPT). The displacement does
+  not depend on the modulus scale (displacement-controlled loading).
 - **Observation** ``y`` (56, 56): u_y plus noise σ_η·u_max truncated at ±3σ_η·u_max
   (:class:`TruncatedNormal`), σ_η ∈ {0.025, 0.05, 0.10}; u_max = :data:`U_MAX`, the
   largest |u_y| over 500 prior draws (computed by :func:`compute_u_max`, stored).
@@ -190,18 +192,32 @@ class ElasticitySolver:
         cells_per_pixel: Mesh cells per pixel side (1: 4 triangles per pixel; 2, 3, ...
             refine for convergence checks).
         top_displacement: The prescribed vertical displacement of the top edge (cm).
+        solver: The sparse solver of :class:`bayesinv.models.fem.ScaledStiffness`:
+            ``"cholmod"`` (CHOLMOD through CVXOPT, symbolic analysis once, geometric
+            nested-dissection order; about 2× the banded solver's speed), ``"banded"``
+            (LAPACK banded Cholesky in the mesh numbering, no extra dependency) or
+            ``"auto"``: ``"cholmod"`` when CVXOPT is installed, else ``"banded"``. The
+            solutions agree to rounding (about 1e−13 relative).
 
     Example:
         >>> solver = ElasticitySolver()
         >>> u_y = solver.vertical(np.full((56, 56), 0.1))   # (56, 56), linear in height
+        >>> u_y = solver.vertical_many(mu)                  # (B, 56, 56) for mu (B, 56, 56)
     """
 
-    def __init__(self, grid: int = GRID, cells_per_pixel: int = 1, top_displacement: float = TOP_DISPLACEMENT):
+    def __init__(self, grid: int = GRID, cells_per_pixel: int = 1, top_displacement: float = TOP_DISPLACEMENT,
+                 solver: str = "auto"):
         from skfem import Basis, BilinearForm, ElementTriP1, ElementVector
         from skfem.helpers import ddot, sym_grad, trace
 
-        from bayesinv.models.fem import ScaledStiffness, crossed_mesh
+        from bayesinv.errors import OptionError
+        from bayesinv.models.fem import ScaledStiffness, cholmod_available, crossed_mesh
 
+        if solver not in ("auto", "cholmod", "banded"):
+            raise OptionError(f"unknown solver {solver!r}: use 'auto', 'cholmod' or 'banded'")
+        if solver == "auto":
+            solver = "cholmod" if cholmod_available() else "banded"
+        self.solver = solver
         self.grid = int(grid)
         self.cells_per_pixel = k = int(cells_per_pixel)
         n = self.grid * k
@@ -261,7 +277,8 @@ class ElasticitySolver:
         pin = np.flatnonzero(np.isclose(xs, 0.0) & np.isclose(ys, 0.0))
         dirichlet = np.concatenate([2 * bottom + 1, 2 * top + 1, 2 * pin])
         values = np.concatenate([np.zeros(bottom.size), np.full(top.size, float(top_displacement)), np.zeros(pin.size)])
-        self.system = ScaledStiffness(_COO, dirichlet, values, solver="banded")
+        dof_points = mesh.p[:, np.arange(2 * ncorner) // 2].T  # DOF 2·corner + component
+        self.system = ScaledStiffness(_COO, dirichlet, values, solver=solver, points=dof_points)
 
         # modulus of each cell: the pixel its centre lies in
         centre = mesh.p[:, cell_nodes[:, 4]]
@@ -281,16 +298,28 @@ class ElasticitySolver:
         mu = np.asarray(mu, dtype=np.float64).reshape(-1)
         if mu.size != self.grid**2:
             raise ValueError(f"modulus field has {mu.size} values, expected {self.grid}x{self.grid}")
+        return self.nodal_many(mu[None])[0]
+
+    def nodal_many(self, mu: np.ndarray) -> np.ndarray:
+        r"""Nodal displacements ``(B, 2, nvertices)`` for a batch of modulus fields ``(B, grid, grid)``."""
+        mu = np.asarray(mu, dtype=np.float64)
+        if mu.ndim < 2 or mu.size != mu.shape[0] * self.grid**2:
+            raise ValueError(f"modulus fields must have shape (B, {self.grid}, {self.grid}), got {mu.shape}")
+        mu = mu.reshape(mu.shape[0], -1)
         if not np.all(np.isfinite(mu)) or np.any(mu <= 0):
             raise ValueError("the shear modulus must be positive and finite everywhere")
-        corners = self.system.solve(mu[self._cell_pixel])
-        cells = corners[self._cell_dofs]  # (ncell, 8)
-        centres = np.einsum("cij,cj->ci", self._recover, cells)  # (ncell, 2)
-        return np.concatenate([corners.reshape(-1, 2), centres], axis=0).T
+        corners = self.system.solve_many(mu[:, self._cell_pixel])  # (B, 2 ncorner)
+        cells = corners[:, self._cell_dofs]  # (B, ncell, 8)
+        centres = np.einsum("cij,bcj->bci", self._recover, cells)  # (B, ncell, 2)
+        return np.concatenate([corners.reshape(mu.shape[0], -1, 2), centres], axis=1).transpose(0, 2, 1)
 
     def vertical(self, mu: np.ndarray) -> np.ndarray:
         r"""The vertical displacement ``(grid, grid)`` (cm) at the pixel centres."""
         return self.nodal(mu)[1, self._pixel_nodes].reshape(self.grid, self.grid)
+
+    def vertical_many(self, mu: np.ndarray) -> np.ndarray:
+        r"""Vertical displacements ``(B, grid, grid)`` (cm) at the pixel centres for ``mu`` ``(B, grid, grid)``."""
+        return self.nodal_many(mu)[:, 1, self._pixel_nodes].reshape(-1, self.grid, self.grid)
 
 
 _SOLVERS: dict[int, ElasticitySolver] = {}
@@ -302,11 +331,17 @@ def _solver(cells_per_pixel: int = 1) -> ElasticitySolver:
     return _SOLVERS[cells_per_pixel]
 
 
-def solve_displacement(mu: np.ndarray, cells_per_pixel: int = 1) -> np.ndarray:
-    r"""The NumPy forward model: modulus ``(n, 56, 56)`` (kPa) → u_y ``(n, 56, 56)`` (cm)."""
+def solve_displacement(mu: np.ndarray, cells_per_pixel: int = 1, chunk_size: int = 256) -> np.ndarray:
+    r"""The NumPy forward model: modulus ``(n, 56, 56)`` (kPa) → u_y ``(n, 56, 56)`` (cm).
+
+    Draws are assembled ``chunk_size`` at a time (one sparse matrix product per chunk)
+    and factorised one by one with the solver of :class:`ElasticitySolver` (``"auto"``).
+    """
     mu = np.asarray(mu, dtype=np.float64)
     solver = _solver(int(cells_per_pixel))
-    return np.stack([solver.vertical(m) for m in mu.reshape(-1, GRID, GRID)]).reshape(mu.shape)
+    flat = mu.reshape(-1, GRID, GRID)
+    out = [solver.vertical_many(flat[k:k + chunk_size]) for k in range(0, flat.shape[0], int(chunk_size))]
+    return (np.concatenate(out) if out else np.empty((0, GRID, GRID))).reshape(mu.shape)
 
 
 #: The scikit-fem forward model as a :func:`bayesinv.simulator` (one process; for more,
