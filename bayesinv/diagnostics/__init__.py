@@ -2,9 +2,10 @@ r"""bayesinv.diagnostics: compare posteriors, check calibration, plot fields.
 
 Everything here works on ArviZ InferenceData or NumPy arrays; no Pyro.
 
-- :mod:`~bayesinv.diagnostics.metrics`: C2ST, entropic OT, MMD between sample sets;
-  MSE, PSNR, SSIM, relative/absolute L1 and dynamic range of a field estimate.
-- :func:`compare`: a tidy table of metrics between a posterior and a reference.
+- :mod:`~bayesinv.diagnostics.metrics`: C2ST, entropic OT, Wasserstein-2, MMD between
+  sample sets; MSE, PSNR, SSIM, relative/absolute L1 and dynamic range of a field estimate.
+- :func:`compare`: a tidy table of metrics between a posterior and a reference, per
+  variable and jointly over several sites (:class:`Comparison`, printed compactly).
 - :mod:`~bayesinv.diagnostics.calibration`: SBC ranks and TARP coverage over many
   simulated test pairs.
 - :mod:`~bayesinv.diagnostics.plots`: field panels, coverage and rank plots.
@@ -20,7 +21,16 @@ from .calibration import (
     sbc_uniformity,
     tarp_coverage,
 )
-from .compare import SAMPLE_METRICS, TRUTH_METRICS, compare, posterior_samples
+from .compare import (
+    IMAGE_METRICS,
+    JOINT_METRICS,
+    SAMPLE_METRICS,
+    TRUTH_METRICS,
+    TWO_SAMPLE_METRICS,
+    Comparison,
+    compare,
+    posterior_samples,
+)
 from .metrics import (
     absolute_l1,
     c2st,
@@ -31,16 +41,22 @@ from .metrics import (
     relative_l1,
     sinkhorn_distance,
     ssim,
+    wasserstein2,
 )
 from .plots import plot_coverage, plot_field_panels, plot_sbc_ranks
 
 __all__ = [
     "compare",
+    "Comparison",
     "posterior_samples",
     "SAMPLE_METRICS",
+    "TWO_SAMPLE_METRICS",
+    "JOINT_METRICS",
     "TRUTH_METRICS",
+    "IMAGE_METRICS",
     "c2st",
     "sinkhorn_distance",
+    "wasserstein2",
     "mmd",
     "mse",
     "psnr",

@@ -16,6 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
+from bayesinv.errors import OptionError
+
 from .calibration import sbc_bins
 
 __all__ = ["plot_field_panels", "plot_coverage", "plot_sbc_ranks"]
@@ -44,8 +46,18 @@ def plot_field_panels(
     ncols: int | None = None,
     panel_size: float = 3.2,
     suptitle: str | None = None,
+    idata: Any = None,
+    var_name: str | None = None,
+    y: Any = None,
+    num_draws: int = 3,
 ) -> Figure:
     r"""Panels of 2-D fields: truth, measurement, posterior draws, mean, std, error.
+
+    Two forms: arrays (``truth=``, ``measurement=``, ``draws=``, ``mean=``, ``std=``), or
+    an InferenceData: ``plot_field_panels(idata=idata, var_name="E", truth=E_true)``
+    takes ``num_draws`` draws (spread over the run), the posterior mean and standard
+    deviation of ``var_name`` from ``idata.posterior``, and the measurement from ``y=``
+    (default: ``idata.observed_data`` when it holds one variable).
 
     Panels appear in that order, each with its own colour bar; absent inputs are left
     out. Truth, draws and mean share one colour scale (so they can be compared by
@@ -67,7 +79,13 @@ def plot_field_panels(
         measurement_cmap: Colour map of a 2-D measurement.
         ncols: Panels per row (default: all in one row, at most 5).
         panel_size: Width and height of a panel in inches.
-        suptitle: Figure title.
+        suptitle: Figure title (InferenceData form: default ``"<var_name> (<method>)"``).
+        idata: An InferenceData (or anything with a ``posterior`` group) to take the
+            draws, mean and std from, instead of ``draws=``, ``mean=``, ``std=``.
+        var_name: The 2-D field site of ``idata`` (default: its only site with 2 dims).
+        y: The observation shown as the measurement panel (InferenceData form;
+            ``measurement=`` in the array form).
+        num_draws: Draws shown in the InferenceData form (0 for none).
 
     Returns:
         The figure; ``fig.axes`` holds each panel followed by its colour bar.
@@ -77,7 +95,15 @@ def plot_field_panels(
         >>> fig = plot_field_panels(truth=field[0], draws=field[1:], mean=field[1])
         >>> [ax.get_title() for ax in fig.axes[::2]]
         ['truth', 'draw 1', 'draw 2', 'posterior mean', '|mean − truth|']
+        >>> fig = plot_field_panels(idata=idata, var_name="E", truth=E_true)  # doctest: +SKIP
     """
+    if idata is not None:
+        draws, mean, std, measurement, suptitle = _from_idata(
+            idata, var_name, y=y, measurement=measurement, draws=draws, mean=mean, std=std,
+            num_draws=num_draws, suptitle=suptitle,
+        )
+    elif var_name is not None or y is not None:
+        raise OptionError("var_name= and y= belong to the InferenceData form: pass idata= too (or measurement= for an array)")
     text = {
         "truth": "truth",
         "measurement": "measurement",
@@ -137,6 +163,44 @@ def plot_field_panels(
     if suptitle:
         fig.suptitle(suptitle)
     return fig
+
+
+def _from_idata(idata: Any, var_name: str | None, *, y: Any, measurement: Any, draws: Any, mean: Any, std: Any,
+                num_draws: int, suptitle: str | None) -> tuple[Any, Any, Any, Any, str | None]:
+    r"""Draws, mean, std, measurement and title of ``var_name`` in ``idata`` (the InferenceData form)."""
+    from .compare import posterior_samples
+
+    given = [name for name, v in (("draws", draws), ("mean", mean), ("std", std), ("measurement", measurement))
+             if v is not None]  # fmt: skip
+    if given:
+        raise OptionError(f"plot_field_panels: give idata= or the arrays {given}, not both (the observation is y=)")
+    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 0:
+        raise OptionError(f"num_draws must be an integer >= 0, got {num_draws!r}")
+    posterior = getattr(idata, "posterior", None)
+    if posterior is None:
+        raise OptionError(f"idata= must be an arviz.InferenceData with a posterior group, got {type(idata).__name__}")
+    shapes = {str(k): tuple(v.shape[2:]) for k, v in posterior.data_vars.items()}
+    if var_name is None:
+        fields = [k for k, shape in shapes.items() if len(shape) == 2]
+        if len(fields) != 1:
+            raise OptionError(
+                f"pass var_name=: the posterior has {len(fields) or 'no'} 2-D field site(s) {fields}; its sites: {shapes}"
+            )
+        var_name = fields[0]
+    if var_name not in shapes:
+        raise OptionError(f"var_name={var_name!r} is not in the posterior; its sites: {shapes}")
+    if len(shapes[var_name]) != 2:
+        raise OptionError(f"plot_field_panels shows 2-D fields; site {var_name!r} has shape {shapes[var_name]}")
+    samples = posterior_samples(idata, var_name)
+    picks = np.unique(np.linspace(0, len(samples) - 1, min(num_draws, len(samples))).round().astype(int))
+    if y is None:
+        observed = getattr(idata, "observed_data", None)
+        if observed is not None and len(observed.data_vars) == 1:
+            y = next(iter(observed.data_vars.values())).values
+    method = getattr(posterior, "attrs", {}).get("method")
+    title = suptitle if suptitle is not None else (f"{var_name} ({method})" if method else var_name)
+    std = samples.std(0, ddof=1) if len(samples) > 1 else None
+    return (samples[picks] if len(picks) else None), samples.mean(0), std, y, title
 
 
 def plot_coverage(
