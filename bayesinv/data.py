@@ -675,6 +675,7 @@ def simulate(
     overwrite: bool = False,
     progress: bool | None = None,
     vectorize: bool | None = None,
+    client: Any = None,
 ) -> xr.Dataset:
     r"""Draws ``n`` samples from the model's joint distribution, optionally into a resumable store.
 
@@ -704,6 +705,13 @@ def simulate(
             refused with :class:`~bayesinv.errors.StoreError`.
         progress: Show a progress bar (``None``: on a terminal).
         vectorize: Force or forbid the vectorised model run.
+        client: A ``dask.distributed`` Client whose workers
+            compute the chunks: a ``LocalCluster``, a ``dask-jobqueue`` cluster or any
+            scheduler (see docs/cluster.md). This process stays the only writer: each chunk
+            is committed once, in order, whatever worker computed it; a chunk lost with its
+            worker is computed again. The dataset is bit for bit the one of the local run.
+            A simulator inside the model then runs in the Dask workers' processes: its own
+            ``workers=k`` pool is refused (:class:`~bayesinv.errors.OptionError`).
 
     Returns:
         An :class:`xarray.Dataset` with dim ``draw`` of size ``n`` (lazily backed by the
@@ -726,6 +734,10 @@ def simulate(
         check_seed(seed)
     problem = as_problem(model, observed=observed)
     dims = dict(dims or {})
+    if client is not None:
+        from bayesinv._dask import check_client
+
+        check_client(client, "simulate")
     if path is None:
         seed = check_seed(seed)
         state = {"config": _config(problem, n, seed, chunk_size, dims), "n_done": 0, "chunks_done": 0,
@@ -736,7 +748,7 @@ def simulate(
             parts.append(_chunk_dataset(values, dims))
             return {**st, "n_done": st["n_done"] + int(next(iter(values.values())).shape[0])}
 
-        state = _run(problem, state, vectorize, progress, keep)
+        state = _run(problem, state, vectorize, progress, keep, client)
         ds = xr.concat(parts, dim="draw") if len(parts) > 1 else parts[0]
         ds.attrs.update({k: v for k, v in _attrs_of(state).items() if k not in ("num_draws_committed", "complete")})
         return ds
@@ -755,7 +767,7 @@ def simulate(
 
             group, handles = zarr.open_group(str(store), mode="r+"), {}
             state = _run(problem, state, vectorize, progress,
-                         lambda values, st: _commit(store, group, handles, st, values, dims, chunk_size))
+                         lambda values, st: _commit(store, group, handles, st, values, dims, chunk_size), client)
     finally:
         lock.release()
     ds = open_data(store)
@@ -764,33 +776,62 @@ def simulate(
     return ds
 
 
+def _chunk_values(problem: Problem, size: int, seed: int, vectorize: bool | None) -> tuple[dict[str, np.ndarray], int, list[str]]:
+    r"""One chunk: the good draws (site values and ``_sim_*`` outputs, NumPy), the failure count, the first errors.
+
+    Module level, so that a Dask worker runs it (``simulate(..., client=)``).
+    """
+    batch = run_batch(problem, size, seed=seed, vectorize=vectorize)
+    keep = batch.valid
+    tensors = {k: v[keep] for k, v in batch.values.items()}
+    tensors.update({f"_sim_{k}": v[keep] for k, v in batch.sim_outputs.items()})
+    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}, batch.num_failed, list(batch.errors)
+
+
 def _run(problem: Problem, state: dict[str, Any], vectorize: bool | None, progress: bool | None,
-         commit: Callable[[dict[str, np.ndarray], dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    r"""Draws chunks from ``state["chunks_done"]`` on until ``n`` good draws are committed."""
+         commit: Callable[[dict[str, np.ndarray], dict[str, Any]], dict[str, Any]], client: Any = None) -> dict[str, Any]:
+    r"""Draws chunks from ``state["chunks_done"]`` on until ``n`` good draws are committed.
+
+    With ``client``, the chunks are computed by Dask workers (a few ahead, each planned with
+    the size it has if no draw fails; one planned wrongly is submitted again) and committed
+    here, in index order, exactly as the local run commits them.
+    """
     n, seed, chunk_size = state["config"]["n"], state["config"]["seed"], state["config"]["chunk_size"]
     bar = progress_bar(n, "simulate", progress, unit="draws", initial=state["n_done"])  # a resume's rate counts new draws only
-    while state["n_done"] < n:
-        index = state["chunks_done"]
-        size = min(chunk_size, n - state["n_done"])
-        batch = run_batch(problem, size, seed=chunk_seed(seed, index), vectorize=vectorize)
-        failed_run = state.get("failed_run", 0) + 1 if batch.num_failed == size else 0
-        if failed_run and (state["n_done"] == 0 or failed_run >= _MAX_FAILED_CHUNKS):
-            # a broken simulator, not bad luck: the first chunk, or many chunks in a row, failed entirely
-            raise ProblemError(
-                f"all {size} simulations of chunk {index} failed"
-                + (f" ({failed_run} chunks in a row)" if failed_run > 1 else "") + "; first error: "
-                + (batch.errors[0] if batch.errors else "non-finite values")
-            )
-        keep = batch.valid
-        tensors = {k: v[keep] for k, v in batch.values.items()}
-        tensors.update({f"_sim_{k}": v[keep] for k, v in batch.sim_outputs.items()})
-        values = {k: v[: n - state["n_done"]].detach().cpu().numpy() for k, v in tensors.items()}
-        got = int(next(iter(values.values())).shape[0])
-        state = {**state, "chunks_done": index + 1, "num_failed": state["num_failed"] + batch.num_failed,
-                 "errors": (state["errors"] + batch.errors)[:5], "failed_run": failed_run}
-        if got:  # (a chunk that added no draw is recorded with the next commit; redone, it fails again)
-            state = commit(values, state)  # returns the state with n_done advanced by got
-        bar.update(got)
+    remote = None
+    if client is not None:
+        from bayesinv._dask import ChunkMap
+
+        remote = ChunkMap(client, problem, _chunk_values, label="simulate")
+    try:
+        while state["n_done"] < n:
+            index = state["chunks_done"]
+            size = min(chunk_size, n - state["n_done"])
+            if remote is None:
+                chunk, num_failed, errors = _chunk_values(problem, size, chunk_seed(seed, index), vectorize)
+            else:
+                left = n - state["n_done"] - size  # planned as if no draw fails
+                planned = ((index + j, min(chunk_size, rest)) for j, rest in enumerate(range(left, 0, -chunk_size), start=1))
+                upcoming = ((i, m, (m, chunk_seed(seed, i), vectorize)) for i, m in planned)
+                chunk, num_failed, errors = remote.get(index, size, (size, chunk_seed(seed, index), vectorize), upcoming)
+            failed_run = state.get("failed_run", 0) + 1 if num_failed == size else 0
+            if failed_run and (state["n_done"] == 0 or failed_run >= _MAX_FAILED_CHUNKS):
+                # a broken simulator, not bad luck: the first chunk, or many chunks in a row, failed entirely
+                raise ProblemError(
+                    f"all {size} simulations of chunk {index} failed"
+                    + (f" ({failed_run} chunks in a row)" if failed_run > 1 else "") + "; first error: "
+                    + (errors[0] if errors else "non-finite values")
+                )
+            values = {k: v[: n - state["n_done"]] for k, v in chunk.items()}
+            got = int(next(iter(values.values())).shape[0])
+            state = {**state, "chunks_done": index + 1, "num_failed": state["num_failed"] + num_failed,
+                     "errors": (state["errors"] + errors)[:5], "failed_run": failed_run}
+            if got:  # (a chunk that added no draw is recorded with the next commit; redone, it fails again)
+                state = commit(values, state)  # returns the state with n_done advanced by got
+            bar.update(got)
+    finally:
+        if remote is not None:
+            remote.close()
     bar.close()
     if state["num_failed"]:
         total = state["num_failed"] + n

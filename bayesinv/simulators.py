@@ -430,6 +430,10 @@ class Simulator:
         chunks = [(start, min(start + size, n)) for start in range(0, n, size)] or [(0, n)]
         calls = _Calls()
         sig = _signature(args)
+        if self.workers > 1 or self.timeout is not None:  # no processes of its own inside a Dask task
+            from bayesinv._dask import check_worker_processes
+
+            check_worker_processes(self)
         if self.workers == 1 and self.timeout is None:
             self._run_here(args, n, chunks, calls, sig)
         else:
