@@ -122,17 +122,27 @@ class MLPEmbedding(nn.Module):
 
 class CNNEmbedding(nn.Module):
     r"""A convolutional encoder of field observations: strided convolutions, global
-    average pooling, then a linear layer.
+    average pooling (or, with ``pool="flatten"``, the whole last feature map), then a
+    linear layer.
+
+    Global average pooling makes the features (almost) translation invariant: right for
+    a field target, whose position the decoder keeps, but it throws away *where* things
+    are, which a vector target such as a source or inclusion position needs. With
+    ``pool="flatten"`` the head sees every position of the last map
+    (``channels[-1] · ⌈H/2^k⌉ · ⌈W/2^k⌉`` features for ``k`` convolutions).
 
     Arguments:
         in_shape: The observation shape ``(C, H, W)``.
         out_dim: The embedding size.
         channels: Channels of the stride-2 convolutions.
         activation: The activation class.
+        pool: ``"mean"`` (global average pooling) or ``"flatten"`` (position-aware).
 
     Example:
         >>> CNNEmbedding((2, 32, 32), 16)(torch.randn(5, 2, 32, 32)).shape
         torch.Size([5, 16])
+        >>> CNNEmbedding((1, 56, 56), 16, pool="flatten").head.in_features   # 64 · 7 · 7
+        3136
     """
 
     def __init__(
@@ -141,16 +151,27 @@ class CNNEmbedding(nn.Module):
         out_dim: int,
         channels: Sequence[int] = (16, 32, 64),
         activation: type[nn.Module] = nn.SiLU,
+        pool: str = "mean",
     ):
         super().__init__()
-        self.in_shape, self.out_dim = tuple(in_shape), out_dim
+        if pool not in ("mean", "flatten"):
+            from bayesinv.errors import OptionError
+
+            raise OptionError(f"CNNEmbedding: pool must be 'mean' or 'flatten', got {pool!r}")
+        self.in_shape, self.out_dim, self.pool = tuple(in_shape), out_dim, pool
         layers: list[nn.Module] = []
         c_in = in_shape[0]
+        height, width = in_shape[1], in_shape[2]
         for c in channels:
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), activation()]
             c_in = c
-        self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(c_in, out_dim)
+            height, width = (height + 1) // 2, (width + 1) // 2
+        if pool == "mean":
+            self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(c_in, out_dim)
+        else:
+            self.conv = nn.Sequential(*layers, nn.Flatten())
+            self.head = nn.Linear(c_in * height * width, out_dim)
 
     def forward(self, y: Tensor) -> Tensor:
         r"""
