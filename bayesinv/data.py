@@ -293,12 +293,25 @@ def _attrs_of(record: dict[str, Any]) -> dict[str, Any]:
         "model": config.get("model"),
         "seed": int(config.get("seed", 0)),
         "num_failed": int(record.get("num_failed", 0)),
-        "errors": json.dumps(record.get("errors", [])),
+        "errors": list(record.get("errors", [])),  # a list of messages (earlier versions wrote a JSON string)
         "site_kinds": json.dumps(config.get("sites", {})),
         "bayesinv_version": __version__,
         "num_draws_committed": int(record["n_done"]),
         "complete": int(record["n_done"] >= int(config.get("n", 0))),
     }
+
+
+def _errors_as_list(attrs: dict[str, Any]) -> None:
+    r"""``attrs["errors"]`` as a list of messages, also for datasets written when it was a JSON string."""
+    errors = attrs.get("errors")
+    if isinstance(errors, str):
+        try:
+            decoded = json.loads(errors)
+        except ValueError:
+            decoded = [errors]
+        attrs["errors"] = [str(e) for e in decoded] if isinstance(decoded, list) else [errors]
+    elif isinstance(errors, (np.ndarray, tuple)):
+        attrs["errors"] = [str(e) for e in np.asarray(errors).reshape(-1).tolist()]
 
 
 def _check_dataset(ds: xr.Dataset, where: str) -> None:
@@ -330,7 +343,8 @@ def open_data(data: str | os.PathLike | xr.Dataset) -> xr.Dataset:
 
     Returns:
         An :class:`xarray.Dataset` with dim ``draw`` (lazily backed by the store). For a
-        bayesinv store, ``attrs`` hold the seed, the failure count and first errors,
+        bayesinv store, ``attrs`` hold the seed, the failure count and first errors
+        (``errors``: a list of messages; a JSON string written by an earlier version is decoded),
         ``num_draws_committed`` and ``complete`` (1 when all ``n`` draws are there).
 
     Example:
@@ -353,6 +367,7 @@ def open_data(data: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     if record is None:
         ds = _open_zarr(path)
         _check_dataset(ds, str(path))
+        _errors_as_list(ds.attrs)
         return ds
     n_done = int(record["n_done"])
     if n_done <= 0:

@@ -420,6 +420,15 @@ class AmortizedPosterior:
 
         return save_posterior(self, path)
 
+    def summary(self) -> Any:
+        r"""What was trained (method, target and condition shapes), on what (simulations, pairs,
+        data if recorded) and how well (losses, steps, why training stopped, times, calibration
+        if recorded): a :class:`~bayesinv.diagnostics.posterior_summary.PosteriorSummary`,
+        printed as a few lines (``print(post.summary())``; ``.as_dict()`` for a dict)."""
+        from bayesinv.diagnostics.posterior_summary import summarize_posterior
+
+        return summarize_posterior(self)
+
     def __repr__(self) -> str:
         t = ", ".join(f"{n}{list(s)}" for n, s in zip(self.target.names, self.target.shapes))
         c = ", ".join(f"{n}{list(s)}" for n, s in zip(self.condition.names, self.condition.shapes))

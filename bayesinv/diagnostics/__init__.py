@@ -8,7 +8,10 @@ Everything here works on ArviZ InferenceData or NumPy arrays; no Pyro.
   variable and jointly over several sites (:class:`Comparison`, printed compactly).
 - :mod:`~bayesinv.diagnostics.calibration`: SBC ranks and TARP coverage over many
   simulated test pairs.
-- :mod:`~bayesinv.diagnostics.plots`: field panels, coverage and rank plots.
+- :mod:`~bayesinv.diagnostics.plots`: field panels (from arrays or an InferenceData),
+  coverage and rank plots.
+- :mod:`~bayesinv.diagnostics.posterior_summary`: what an amortized posterior was trained
+  on and how well (``post.summary()``).
 
 Note that ``bayesinv.diagnostics.compare`` is the function; its module is reached by
 ``from bayesinv.diagnostics.compare import ...`` or ``sys.modules``.
@@ -44,6 +47,7 @@ from .metrics import (
     wasserstein2,
 )
 from .plots import plot_coverage, plot_field_panels, plot_sbc_ranks
+from .posterior_summary import PosteriorSummary, summarize_posterior
 
 __all__ = [
     "compare",
@@ -72,4 +76,6 @@ __all__ = [
     "plot_field_panels",
     "plot_coverage",
     "plot_sbc_ranks",
+    "PosteriorSummary",
+    "summarize_posterior",
 ]

@@ -107,25 +107,31 @@ def separated_modes(
 def convergence(posterior: dict[str, np.ndarray], method: str) -> dict[str, float | str | int]:
     r"""Worst R-hat, smallest bulk ESS and the chains' modes; warns when R-hat > 1.01.
 
+    With one chain R-hat is undefined: ``max_rhat`` is NaN (``None`` per site) and no
+    R-hat is computed (so neither NumPy nor ArviZ warns).
+
     When the chains sit in separate modes (:func:`separated_modes`), the warning says so
     (running longer does not join them) instead of advising a longer run.
     """
+    chains = next(iter(posterior.values())).shape[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = az.from_dict(posterior=posterior)
-        rhat = az.rhat(data)
+        rhat = az.rhat(data) if chains > 1 else None  # R-hat needs two chains (one chain: NaN, and ArviZ logs a warning)
         ess = az.ess(data)
+
+    def finite(values: np.ndarray, reduce) -> float:
+        values = np.asarray(values, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        return float(reduce(values)) if values.size else float("nan")
+
     per_site = {}
-    worst_rhat, min_ess = 0.0, float("inf")
     for name in posterior:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN R-hat of a single chain
-            r = float(np.nanmax(rhat[name].values)) if rhat[name].size else float("nan")
-            e = float(np.nanmin(ess[name].values)) if ess[name].size else float("nan")
-        per_site[name] = {"max_rhat": r, "min_ess_bulk": e}
-        worst_rhat = max(worst_rhat, r) if np.isfinite(r) else worst_rhat
-        min_ess = min(min_ess, e) if np.isfinite(e) else min_ess
-    chains = next(iter(posterior.values())).shape[0]
+        r = finite(rhat[name].values, np.max) if rhat is not None else float("nan")
+        e = finite(ess[name].values, np.min)
+        per_site[name] = {"max_rhat": r if np.isfinite(r) else None, "min_ess_bulk": e if np.isfinite(e) else None}
+    worst_rhat = finite([v["max_rhat"] for v in per_site.values() if v["max_rhat"] is not None], np.max)
+    min_ess = finite([v["min_ess_bulk"] for v in per_site.values() if v["min_ess_bulk"] is not None], np.min)
     groups, detail = separated_modes(posterior) if chains > 1 else ([[0]], "")
     if len(groups) > 1:
         warnings.warn(

@@ -23,6 +23,7 @@ import torch
 
 from bayesinv._checks import check_count, check_real, check_seed
 from bayesinv.errors import OptionError, SimulationError
+from bayesinv.idata import resampled_layout
 from bayesinv.methods._util import chunk_seed, progress_bar
 from bayesinv.problem import Problem, ProblemError, run_batch
 from bayesinv.registry import Draws, register_method
@@ -142,8 +143,11 @@ def importance(
         min_ess: Warn when the effective sample size falls below this.
 
     Returns:
-        :class:`Draws` with one chain; ``sample_stats`` holds each draw's normalised log
-        weight and the run's ESS, ESS fraction, number of proposals and log evidence.
+        :class:`Draws`: the resampled draws with repeats laid out consecutively, split into up
+        to 4 chains (:func:`bayesinv.idata.resampled_layout`: ArviZ's ESS and R-hat then count
+        the repeats); ``sample_stats`` holds each draw's normalised log weight and the run's
+        ESS, ESS fraction, number of proposals and log evidence; ``attrs`` the ESS, the
+        number of distinct draws and ``draws_note``, which says what ArviZ's numbers mean.
     """
     problem.require_likelihood("importance")
     num_samples = check_count("num_samples", num_samples, error=OptionError)
@@ -261,8 +265,9 @@ def importance(
             stacklevel=3,
         )
     log_evidence = sum_w - math.log(total)
-    posterior = {n: v.unsqueeze(0).numpy() for n, v in resampler.values.items()}
-    log_w_norm = (resampler.log_w - sum_w).unsqueeze(0).numpy()
+    # repeats of a proposal laid out consecutively and split into chains: ArviZ's ESS/R-hat see them (idata.resampled_layout)
+    posterior, log_w_norm, layout = resampled_layout(resampler.values, resampler.log_w - sum_w, ess=ess,
+                                                     num_proposals=total, seed=chunk_seed(seed, -2))  # fmt: skip
     return Draws(
         posterior=posterior,
         sample_stats={
@@ -273,5 +278,5 @@ def importance(
             "num_failed": np.int64(n_failed),
             "log_evidence": np.float64(log_evidence),
         },
-        attrs={"ess": ess, "num_proposals": total, "num_failed": n_failed, "seed": seed},
+        attrs={**layout, "num_failed": n_failed, "seed": seed},
     )
