@@ -13,9 +13,11 @@ import contextlib
 import math
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from bayesinv._checks import check_count, check_seed
 from bayesinv.amortized.layout import check_transforms, resolve_device
@@ -25,7 +27,8 @@ from bayesinv.amortized.training import RESUMABLE, TrainResult, check_checkpoint
 from bayesinv.errors import OptionError
 from bayesinv.problem import Problem
 
-__all__ = ["INFO_KEYS", "check_fit_options", "fit_posterior", "seeded_rng", "info_record"]
+__all__ = ["INFO_KEYS", "check_fit_options", "fit_posterior", "seeded_rng", "info_record", "choose_sample_option", "seeded_from",
+           "trained_model", "held_out"]  # fmt: skip
 
 #: The keys of ``post.info``, the same for every learned method.
 INFO_KEYS = ("num_simulations", "num_train_pairs", "seed", "fit_time_s", "train_time_s", "train_steps", "best_val_loss",
@@ -38,6 +41,23 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def seeded_from(generator: torch.Generator | None) -> Iterator[None]:
+    r"""torch's global RNG seeded from ``generator`` inside the block (for samplers that draw from the global RNG, as zuko's)."""
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=[generator.device] if generator.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def trained_model(result: TrainResult) -> torch.nn.Module:
+    r"""The module a training run leaves: its EMA copy if it has one, else the trained module."""
+    return result.ema_model if result.ema_model is not None else result.model
 
 
 def check_fit_options(method: AmortizedMethod, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -68,10 +88,14 @@ def check_fit_options(method: AmortizedMethod, options: dict[str, Any]) -> tuple
     return cfg, {**common, "extras": extras}
 
 
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
 def info_record(pairs: Pairs, seed: int, t0: float, results: list[TrainResult], extra: dict | None = None) -> dict[str, Any]:
-    r"""The info record: :data:`INFO_KEYS` (``best_val_loss`` ``None`` without validation, never NaN) and method extras."""
+    r"""The info record: :data:`INFO_KEYS` (``best_val_loss`` ``None`` without validation, never NaN), for a method
+    trained in stages ``stages`` (each stage's ``train_steps`` and ``best_val_loss``), and method extras."""
     last = results[-1]
-    best = last.best_val
     info = {
         "num_simulations": int(pairs.num_simulations),
         "num_train_pairs": int(len(pairs.x)),
@@ -79,12 +103,19 @@ def info_record(pairs: Pairs, seed: int, t0: float, results: list[TrainResult], 
         "fit_time_s": time.perf_counter() - t0,
         "train_time_s": float(sum(r.wall_time for r in results)),
         "train_steps": int(sum(r.steps for r in results)),
-        "best_val_loss": None if best is None or not math.isfinite(best) else float(best),
+        "best_val_loss": _finite(last.best_val),
         "final_train_loss": last.history["train_loss"][-1] if last.history["train_loss"] else None,
         "stopped_early": any(bool(r.stopped_early) for r in results),
     }
+    if len(results) > 1:
+        info["stages"] = [{"train_steps": r.steps, "best_val_loss": _finite(r.best_val)} for r in results]
     info.update(extra or {})
     return info
+
+
+def held_out(n: int, val_fraction: float, seed: int) -> Tensor:
+    r"""Indices of the (at least one) rows of ``n`` training pairs the training loop of ``seed`` holds out for validation."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: max(1, int(round(n * val_fraction)))]
 
 
 def fit_posterior(
@@ -146,7 +177,7 @@ def fit_posterior(
             net, results, extra = method.train(net, pairs, cfg, settings, run, seed)
         else:
             result = run(method.loss(cfg, net, settings), net, (pairs.x, pairs.c))
-            net, results, extra = (result.ema_model if result.ema_model is not None else result.model), [result], {}
+            net, results, extra = trained_model(result), [result], {}
     cls = method.posterior or AmortizedPosterior
     post = cls(
         method, net, target=pairs.target, condition=pairs.condition, x_norm=pairs.x_norm, c_norm=pairs.c_norm,
@@ -155,3 +186,27 @@ def fit_posterior(
         **common["extras"],
     )  # fmt: skip
     return post.attach(problem)  # the model replays deterministic sites from latent draws
+
+
+def choose_sample_option(post: Any, name: str, candidates: Sequence[Any], y: Any, truth: Any, *, seed: int = 0,
+                         **options: Any) -> tuple[Any, dict[Any, float]]:  # fmt: skip
+    r"""The value of the sampling option ``name`` whose draws, one per validation pair, have the smallest mean squared error.
+
+    Arguments:
+        post: A fitted posterior with one target site.
+        name: A sampling option of its method (e.g. csd_star's ``insert_step``).
+        candidates: The values to try.
+        y: Validation observations ``(B, *obs shape)``.
+        truth: Their true targets ``(B, *target shape)``.
+        seed: Seed of the draws (the same for every candidate).
+        options: Further sampling options.
+
+    Returns:
+        The best value and the mean MSE of every candidate.
+    """
+    site, truth = post.target.names[0], torch.as_tensor(np.asarray(truth)).float()
+    table = {}
+    for value in candidates:
+        draws = post.sample(y, 1, seed=seed, **{name: value}, **options)[site][:, 0]
+        table[value] = float((draws - truth).pow(2).flatten(1).mean(1).mean())
+    return min(table, key=table.get), table

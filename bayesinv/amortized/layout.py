@@ -16,12 +16,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bayesinv.errors import OptionError, ProblemError
 
-__all__ = ["Layout", "Normalizer", "TRANSFORMS", "NORMALIZATIONS", "apply_transforms", "check_transforms", "resolve_device"]
+__all__ = [
+    "Layout", "Normalizer", "TRANSFORMS", "NORMALIZATIONS", "apply_transforms", "check_transforms", "resolve_device", "to_normalised",
+    "from_normalised", "saved_layout",
+]  # fmt: skip
 
 TRANSFORMS = ("log", "log10")
 NORMALIZATIONS = ("minmax", "standard", "none")
@@ -193,3 +197,22 @@ def apply_transforms(values: dict[str, Tensor], transforms: Mapping[str, Any], i
         else:
             out[name] = ref * (torch.exp(v) if kind == "log" else torch.pow(10.0, v))
     return out
+
+
+def to_normalised(values: Mapping[str, Any], layout: Layout, transforms: Mapping[str, Any], x_norm: nn.Module,
+                  device: torch.device | str = "cpu") -> Tensor:  # fmt: skip
+    r"""Site values ``(*B, *shape)`` in site units → the normalised flat ``(B, D)`` a network sees
+    (transforms, layout and normaliser as for the training targets)."""
+    v = {n: torch.as_tensor(np.asarray(values[n])).float().reshape(-1, *s) for n, s in zip(layout.names, layout.shapes)}
+    return x_norm(layout.flatten(apply_transforms(v, transforms)).to(device))
+
+
+def from_normalised(x: Tensor, layout: Layout, transforms: Mapping[str, Any], x_norm: nn.Module) -> dict[str, Tensor]:
+    r"""The inverse of :func:`to_normalised`: normalised flat ``(*B, D)`` → site values ``(*B, *shape)`` on the CPU."""
+    return apply_transforms(layout.unflatten(x_norm.inverse(x).cpu()), transforms, inverse=True)
+
+
+def saved_layout(settings: Mapping[str, Any], key: str = "condition_layout") -> Layout | None:
+    r"""The layout saved under ``key`` in a posterior's settings (``None`` when absent)."""
+    saved = settings.get(key)
+    return Layout.from_json(saved) if saved else None

@@ -33,6 +33,13 @@ __all__ = [
     "TrainOptions",
     "train_options",
     "ScoreNetOptions",
+    "UNetOptions",
+    "ProcessOptions",
+    "ODEOptions",
+    "ReverseOptions",
+    "PCOptions",
+    "NCSNOptions",
+    "check_sizes",
     "COMMON_FIT_OPTIONS",
     "register_amortized",
     "get_amortized",
@@ -44,6 +51,8 @@ __all__ = [
     "check_float",
     "check_choice",
     "map_rows",
+    "map_log_prob",
+    "EXACT_MAX_DIM",
 ]
 
 #: Options of every learned method's fit besides its config fields.
@@ -132,6 +141,10 @@ class TrainOptions:
         check_float(self, "weight_decay", low=0.0)
         check_choice(self, "normalization", ("minmax", "standard", "none"))
 
+    def to_json(self) -> dict[str, Any]:
+        r"""The options as a JSON-able dict (tuples as lists), as saved with a posterior."""
+        return to_json(self)
+
     def train_config(self, *, seed: int, device: Any, progress: bool | None):
         r"""The :class:`~bayesinv.amortized.training.TrainConfig` of these options."""
         from bayesinv.amortized.training import TrainConfig
@@ -176,45 +189,220 @@ def train_options(defaults: Mapping[str, Any], name: str = "MethodTrainOptions")
     return cls
 
 
+def check_sizes(cfg: Any, name: str, *, empty: bool = True) -> None:
+    r"""Refuses a field of ``cfg`` that is not a tuple of integers ``>= 1`` (layer sizes; non-empty unless ``empty``)."""
+    v = getattr(cfg, name)
+    if not isinstance(v, tuple) or not (empty or v) or not all(_is_int(h) and h >= 1 for h in v):
+        what = "a tuple of integers >= 1" if empty else "a non-empty tuple of integers >= 1"
+        raise OptionError(f"{type(cfg).__name__}: option {name}={v!r} must be {what}")
+
+
 @dataclass(frozen=True)
-class ScoreNetOptions:
-    r"""The network options of the score / velocity networks (:mod:`bayesinv.nets.score`), shared by
-    cond_score and flow_matching.
+class UNetOptions:
+    r"""The U-Net options of the score networks (:mod:`bayesinv.nets.score`), shared by every
+    score / velocity method (csd_star has only these).
 
     Arguments:
-        network: ``"mlp"``, ``"unet"`` or ``"auto"`` (U-Net for one 2-D field target).
-        hidden: Hidden layer sizes of the MLP.
         activation: ``"silu"``, ``"relu"``, ``"gelu"`` or ``"tanh"``.
-        embedding: Observation embedding: ``"none"``, ``"mlp"``, ``"cnn"`` or ``"auto"``.
         embed_dim: Size of the observation embedding.
         embed_map_channels: U-Net with an embedded observation: channels of the learned map
             onto a coarse copy of the target grid (0: off).
         base_channels, channel_mults: U-Net width and resolution levels.
     """
 
-    network: str = "auto"
-    hidden: tuple[int, ...] = (256, 256, 256)
     activation: str = "silu"
-    embedding: str = "auto"
     embed_dim: int = 64
     embed_map_channels: int = 8
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
 
-    def check_network(self) -> None:
-        r"""Validates the network fields (called by each config's ``__post_init__``)."""
+    def check_unet(self) -> None:
+        r"""Validates the U-Net fields."""
         from bayesinv.nets.score import ACTIVATIONS
 
-        check_choice(self, "network", ("auto", "mlp", "unet"))
         check_choice(self, "activation", tuple(ACTIVATIONS))
-        check_choice(self, "embedding", ("auto", "none", "mlp", "cnn"))
-        for name in ("hidden", "channel_mults"):
-            value = getattr(self, name)
-            if not isinstance(value, tuple) or not all(isinstance(h, int) and h >= 1 for h in value):
-                raise OptionError(f"{type(self).__name__}: option {name}={value!r} must be a tuple of integers >= 1")
+        check_sizes(self, "channel_mults")
         for name in ("embed_dim", "base_channels"):
             check_int(self, name)
         check_int(self, "embed_map_channels", minimum=0)
+
+
+@dataclass(frozen=True)
+class ScoreNetOptions(UNetOptions):
+    r"""The network options of the score / velocity networks (:mod:`bayesinv.nets.score`), shared by
+    cond_score and flow_matching: those of :class:`UNetOptions` and
+
+    Arguments:
+        network: ``"mlp"``, ``"unet"`` or ``"auto"`` (U-Net for one 2-D field target).
+        hidden: Hidden layer sizes of the MLP.
+        embedding: Observation embedding: ``"none"``, ``"mlp"``, ``"cnn"`` or ``"auto"`` (U-Net:
+            channels on the grid, CNN for one field, MLP otherwise; MLP network: raw).
+    """
+
+    network: str = "auto"
+    hidden: tuple[int, ...] = (256, 256, 256)
+    embedding: str = "auto"
+
+    def check_network(self) -> None:
+        r"""Validates the network fields (called by each config's ``__post_init__``)."""
+        check_choice(self, "network", ("auto", "mlp", "unet"))
+        check_choice(self, "embedding", ("auto", "none", "mlp", "cnn"))
+        check_sizes(self, "hidden")
+        self.check_unet()
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    r"""The forward-process options of the score methods (:mod:`bayesinv.diffusion.sde`), shared
+    by cond_score and csd_star.
+
+    Arguments:
+        process: ``"ve"`` (γ(t) = σ_max^{2t}) or ``"vp"`` (linear β); cond_score also has ``"ncsn"``.
+        sigma_max: σ_max of the VE process.
+        beta_min, beta_max: β(0) and β(1) of the VP process.
+        t_min: Smallest diffusion time (training and sampling).
+        time_sampling: ``"uniform"`` on :math:`[t_{min}, 1]` or ``"mixed"`` (half uniform,
+            half log-uniform: more training at small noise levels; the same minimiser).
+    """
+
+    process: str = "ve"
+    sigma_max: float = 5.0
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-5
+    time_sampling: str = "mixed"
+
+    def check_process(self, processes: tuple[str, ...] = ("ve", "vp")) -> None:
+        r"""Validates the process fields (``processes``: the kinds the method allows)."""
+        check_choice(self, "process", processes)
+        check_choice(self, "time_sampling", ("uniform", "mixed"))
+        for name in ("sigma_max", "beta_min", "beta_max"):
+            check_float(self, name, low=0.0, open_low=True)
+        check_float(self, "t_min", low=0.0, high=0.5, open_low=True)
+
+    def process_spec(self) -> dict[str, Any]:
+        r"""The continuous-time process (``"ve"`` or ``"vp"``) as the JSON-able spec of the network."""
+        if self.process == "ve":
+            return {"kind": "ve", "sigma_max": self.sigma_max}
+        if self.process == "vp":
+            return {"kind": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max}
+        raise OptionError(f"process {self.process!r} has no continuous-time spec; NCSN levels come from the data")
+
+
+@dataclass(frozen=True)
+class NCSNOptions:
+    r"""The discrete noise levels of NCSN (``process="ncsn"`` of cond_score) and its annealed Langevin sampler.
+
+    Arguments:
+        sigma_1, sigma_L, num_levels, min_levels: The geometric levels σ_1 > … > σ_L and their
+            number (``None``: Song & Ermon's rules, :func:`~bayesinv.diffusion.schedules.ncsn_levels`).
+        steps_per_level, eps: Annealed Langevin T and ε (``None``: the NCSN v2 rule).
+    """
+
+    sigma_1: float | None = None
+    sigma_L: float = 0.01
+    num_levels: int | None = None
+    min_levels: int = 20
+    steps_per_level: int = 5
+    eps: float | None = None
+
+    def check_ncsn(self) -> None:
+        r"""Validates the NCSN fields."""
+        for name in ("min_levels", "steps_per_level"):
+            check_int(self, name)
+        check_int(self, "num_levels", minimum=2, none=True)
+        check_float(self, "sigma_L", low=0.0, open_low=True)
+        for name in ("sigma_1", "eps"):
+            check_float(self, name, low=0.0, open_low=True, none=True)
+
+    def ncsn_spec(self, x: Any, seed: int) -> dict[str, Any]:
+        r"""The NCSN process spec of training targets ``x`` ``(N, D)`` (levels chosen by the rules where not given)."""
+        from bayesinv.diffusion.schedules import ncsn_levels
+
+        return ncsn_levels(x, sigma_1=self.sigma_1, sigma_L=self.sigma_L, num_levels=self.num_levels,
+                           min_levels=self.min_levels, steps_per_level=self.steps_per_level, eps=self.eps, seed=seed)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ODEOptions:
+    r"""Sampling options of an ODE sampler and its density (``None``: the default), shared by the
+    sampler configs of cond_score and flow_matching.
+
+    Arguments:
+        rtol, atol: Tolerances of the adaptive RK5(4) integrator (1e-5), for draws and densities.
+        chunk_size: Rows of observations × draws per network batch (MLP 50,000, U-Net 512).
+        exact: ``log_prob`` with the exact divergence (default: target dimension ≤ :data:`EXACT_MAX_DIM`),
+            else Hutchinson's estimator.
+        num_probes: Hutchinson probes K per point when not exact (1): variance
+            :math:`2 \sum_{i \neq j} S_{ij}^2 / K` (:mod:`bayesinv.diffusion.ode`); their spread is the
+            standard error.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    chunk_size: int | None = None
+    exact: bool | None = None
+    num_probes: int | None = None
+
+    def check_ode(self) -> None:
+        r"""Validates the ODE fields (called by each sampler config's ``__post_init__``)."""
+        for name in ("rtol", "atol"):
+            check_float(self, name, low=0.0, open_low=True, none=True)
+        for name in ("chunk_size", "num_probes"):
+            check_int(self, name, none=True)
+        check_choice(self, "exact", (None, True, False))
+
+
+@dataclass(frozen=True)
+class PCOptions:
+    r"""Sampling options of the predictor–corrector and reverse-SDE samplers (``None``: the default).
+
+    Arguments:
+        steps: SDE/PC steps (500).
+        t_min: Smallest time (the fit's).
+        denoise: Final Tweedie step (``True``).
+        corrector_steps, snr: PC corrector (1, 0.16).
+        chunk_size: Rows of observations × draws per network batch (MLP 50,000, U-Net 512).
+    """
+
+    steps: int | None = None
+    t_min: float | None = None
+    denoise: bool | None = None
+    corrector_steps: int | None = None
+    snr: float | None = None
+    chunk_size: int | None = None
+
+    def check_pc(self) -> None:
+        r"""Validates the fields (called by each sampler config's ``__post_init__``)."""
+        check_choice(self, "denoise", (None, True, False))
+        for name in ("steps", "chunk_size"):
+            check_int(self, name, none=True)
+        check_int(self, "corrector_steps", minimum=0, none=True)
+        check_float(self, "snr", low=0.0, open_low=True, none=True)
+        check_float(self, "t_min", low=0.0, high=0.5, open_low=True, none=True)
+
+
+@dataclass(frozen=True)
+class ReverseOptions(PCOptions, ODEOptions):
+    r"""Sampling options of the reverse-diffusion samplers (:func:`~bayesinv.diffusion.samplers.reverse_sample`;
+    ``None``: the default): those of :class:`PCOptions` and :class:`ODEOptions`, and
+
+    Arguments:
+        power: ODE: integrate in r with t = (1 − r)^power (2).
+        steps_per_level, eps: Annealed Langevin (the fit's).
+    """
+
+    power: float | None = None
+    steps_per_level: int | None = None
+    eps: float | None = None
+
+    def check_reverse(self) -> None:
+        r"""Validates the fields (called by each sampler config's ``__post_init__``)."""
+        self.check_ode()
+        self.check_pc()
+        check_int(self, "steps_per_level", none=True)
+        for name in ("power", "eps"):
+            check_float(self, name, low=0.0, open_low=True, none=True)
 
 
 def to_json(cfg: Any) -> dict[str, Any]:
@@ -435,3 +623,35 @@ def map_rows(fn: Callable, x: Any, c: Any, owner: Any, chunk_size: int) -> tuple
         out.append(res)
         nfe = max(nfe, int(k))
     return out, nfe
+
+
+#: Targets of at most this many dimensions get the exact divergence in an ODE posterior's ``log_prob`` by default.
+EXACT_MAX_DIM = 32
+
+
+def map_log_prob(fn: Callable, x: Any, c: Any, scfg: Any, chunk_size: int) -> tuple[Any, Any]:
+    r"""An ODE posterior's density over chunks of rows, with the divergence chosen by ``scfg``.
+
+    Arguments:
+        fn: ``fn(x_chunk, c_rows, exact, probes) -> LogProbResult`` (:mod:`bayesinv.diffusion.ode`);
+            ``c_rows`` holds each condition once per probe, as the points are repeated.
+        x: Normalised flat points ``(N, D)``.
+        c: Their conditions ``(N, C)``.
+        scfg: A sampler config with ``exact`` (``None``: ``D <= EXACT_MAX_DIM``) and ``num_probes``
+            (Hutchinson probes when not exact; ``None``: 1).
+        chunk_size: Rows per call.
+
+    Returns:
+        ``(log_prob (N,), std_error (N,))``.
+    """
+    import torch
+
+    exact = x.shape[-1] <= EXACT_MAX_DIM if scfg.exact is None else scfg.exact
+    probes = 1 if exact else int(scfg.num_probes or 1)
+
+    def run(x_chunk: Any, c_chunk: Any) -> tuple[tuple[Any, Any], int]:
+        res = fn(x_chunk, c_chunk.repeat_interleave(probes, 0), exact, probes)
+        return (res.log_prob, res.std_error), res.nfe
+
+    out, _ = map_rows(run, x, c, torch.arange(x.shape[0], device=x.device), chunk_size)
+    return torch.cat([lp for lp, _ in out]), torch.cat([se for _, se in out])

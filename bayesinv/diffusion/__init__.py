@@ -1,32 +1,42 @@
 r"""Diffusion building blocks as small pure functions: processes, schedules, losses, samplers."""
 
-from bayesinv.diffusion.loss import dsm_loss, ncsn_loss
+from bayesinv.diffusion.loss import dsm_loss, ncsn_loss, score_loss, score_objective
 from bayesinv.diffusion.samplers import (
     SampleResult,
     annealed_langevin,
+    initial_draws,
     predictor_corrector,
     probability_flow_ode,
+    reverse_sample,
     reverse_sde,
+    step_time,
     tweedie_denoise,
 )
-from bayesinv.diffusion.schedules import choose_num_levels, choose_sigma_1, choose_step_size, geometric_sigmas
-from bayesinv.diffusion.sde import VE, VP, Process, expand_like
+from bayesinv.diffusion.schedules import choose_num_levels, choose_sigma_1, choose_step_size, geometric_sigmas, ncsn_levels
+from bayesinv.diffusion.sde import VE, VP, Process, expand_like, process_from_spec
 
 __all__ = [
     "VE",
     "VP",
     "Process",
     "expand_like",
+    "process_from_spec",
     "geometric_sigmas",
     "choose_sigma_1",
     "choose_num_levels",
     "choose_step_size",
+    "ncsn_levels",
     "dsm_loss",
     "ncsn_loss",
+    "score_loss",
+    "score_objective",
     "SampleResult",
     "annealed_langevin",
+    "initial_draws",
     "reverse_sde",
     "probability_flow_ode",
     "predictor_corrector",
+    "reverse_sample",
+    "step_time",
     "tweedie_denoise",
 ]

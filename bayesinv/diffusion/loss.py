@@ -29,14 +29,15 @@ whose flow carries :math:`\mathcal{N}(0, I)` to :math:`p(x | y)` (blurred by
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from bayesinv.diffusion.sde import Process, expand_like
+from bayesinv.diffusion.sde import Process, expand_like, process_from_spec
 
-__all__ = ["dsm_loss", "ncsn_loss", "flow_matching_loss"]
+__all__ = ["dsm_loss", "ncsn_loss", "flow_matching_loss", "score_loss", "score_objective"]
 
 
 def _call(score_net: Callable, x: Tensor, y: Any, level: Tensor, mask: Tensor | None) -> Tensor:
@@ -141,3 +142,32 @@ def flow_matching_loss(
     x_t = (1 - (1 - sigma_min) * tt) * x0 + tt * x1
     u = x1 - (1 - sigma_min) * x0
     return (_call(velocity_net, x_t, y, t, mask) - u).pow(2).flatten(1).sum(1).mean()
+
+
+def score_loss(net: Callable, x0: Tensor, c: Tensor, process: Process, t_min: float, time_sampling: str) -> Tensor:
+    r"""Conditional DSM :math:`\|\sigma(t) s(x_t, c, t) + z\|^2`; with ``"mixed"`` every other
+    time is log-uniform on :math:`[t_{min}, 1]` instead of uniform (see :func:`dsm_loss`)."""
+    if time_sampling == "uniform":
+        return dsm_loss(net, x0, c, process, t_min=t_min)
+    u = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    log_t = math.log(t_min) * torch.rand_like(u)
+    t = torch.where(torch.arange(len(u), device=u.device) % 2 == 0, t_min + (1 - t_min) * u, log_t.exp())
+    z = torch.randn_like(x0)
+    s = net(process.perturb(x0, t, z), c, t)
+    return (expand_like(process.sigma(t), z) * s + z).pow(2).flatten(1).sum(1).mean()
+
+
+def score_objective(process: Mapping[str, Any], t_min: float, time_sampling: str, *, empty_on: Any = None) -> Callable:
+    r"""``loss_fn(module, x0, c)``: :func:`score_loss` for the process spec ``process``.
+
+    Arguments:
+        process: A VE/VP process spec (:func:`~bayesinv.diffusion.sde.process_from_spec`).
+        t_min, time_sampling: As for :func:`score_loss`.
+        empty_on: For an unconditional score network, the device of the empty condition that
+            replaces ``c``; ``None``: conditional (``c`` is passed on).
+    """
+    proc = process_from_spec(process)
+    if empty_on is None:
+        return lambda module, x0, c0: score_loss(module, x0, c0, proc, t_min, time_sampling)
+    empty = torch.zeros(0, device=empty_on)
+    return lambda module, x0, c0: score_loss(module, x0, empty, proc, t_min, time_sampling)

@@ -23,13 +23,13 @@ forward time :math:`t \in [0, 1]`, data at :math:`t = 0`; the reverse process ru
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 from torch import Tensor
 
 from bayesinv.diffusion.ode import LogProbResult, dopri5, log_prob_ode
-from bayesinv.diffusion.sde import Process
+from bayesinv.diffusion.sde import Process, process_from_spec
 
 __all__ = [
     "SampleResult",
@@ -41,6 +41,9 @@ __all__ = [
     "probability_flow_log_prob",
     "flow_matching_ode",
     "flow_matching_log_prob",
+    "reverse_sample",
+    "initial_draws",
+    "step_time",
 ]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -88,6 +91,13 @@ def _times(x: Tensor, steps: int, t_min: float, t_start: float = 1.0) -> Tensor:
     """
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=x.dtype, device=x.device)
     return t_min + (t_start - t_min) * u.square()
+
+
+def step_time(step: int, steps: int, t_min: float) -> float:
+    r"""The time :math:`t' = t_{min} + (1 - t_{min}) (k/K)^2` of step :math:`k` of the :math:`K`-step grid of
+    :func:`reverse_sde` and :func:`predictor_corrector` (uniform in :math:`\sqrt{t - t_{min}}`): the
+    :math:`k` steps from :math:`t'` (``t_start``) are exactly the last :math:`k` of the :math:`K`-step process."""
+    return t_min + (1.0 - t_min) * (step / steps) ** 2
 
 
 def tweedie_denoise(score_fn: ScoreFn, x: Tensor, t: Tensor | float, process: Process) -> Tensor:
@@ -370,6 +380,7 @@ def probability_flow_log_prob(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     max_steps: int = 10_000,
+    mean: Tensor | None = None,
 ) -> LogProbResult:
     r"""The exact log-density of :func:`probability_flow_ode`'s output (without ``denoise``).
 
@@ -388,10 +399,20 @@ def probability_flow_log_prob(
         num_probes: Hutchinson probes averaged per point.
         generator: Random generator of the probes.
         rtol, atol, max_steps: Integration tolerances.
+        mean: For a sampler started from :math:`\mathcal{N}(m(1)\mu, \sigma(1)^2 I)` (``mean`` = μ,
+            ``(D,)``): in :math:`\tilde x = x - m(t)\mu` the ODE keeps its form with the score
+            :math:`s(\tilde x + m(t)\mu, t)` and starts from :math:`\mathcal{N}(0, \sigma(1)^2 I)`,
+            exactly for VE; for VP that base has variance 1 against :math:`1 - m(1)^2`, a
+            log-density difference of :math:`m(1)^2 (D - |z|^2)/2` (about 2e-5 √(2D) with β_max = 20).
 
     Returns:
         A :class:`~bayesinv.diffusion.ode.LogProbResult` ``(log_prob (B,), std_error (B,), nfe)``.
     """
+    if mean is not None:
+        inner, x = score_fn, x - process.mean_scale(torch.tensor(t_min)).item() * mean
+
+        def score_fn(v: Tensor, t: Tensor) -> Tensor:
+            return inner(v + process.mean_scale(t) * mean, t)
 
     r_end = 1.0 - t_min ** (1.0 / power)
     return log_prob_ode(_flow_field(score_fn, process, power), x, r_end, 0.0, _normal_log_prob(process.prior_std()), exact=exact, num_probes=num_probes,
@@ -443,3 +464,48 @@ def flow_matching_log_prob(
 
     return log_prob_ode(_time_field(velocity_fn), x, 1.0, 0.0, _normal_log_prob(1.0), exact=exact, num_probes=num_probes,
                         generator=generator, rtol=rtol, atol=atol, max_steps=max_steps)  # fmt: skip
+
+
+def reverse_sample(sampler: str, score_fn: ScoreFn, x: Tensor, spec: Mapping[str, Any], options: Any, *, t_min: float,
+                   generator: torch.Generator | None = None) -> SampleResult:  # fmt: skip
+    r"""One run of a reverse sampler chosen by name, for a JSON-able process spec.
+
+    Arguments:
+        sampler: ``"ode"`` (:func:`probability_flow_ode`), ``"sde"`` (:func:`reverse_sde`, α = 1),
+            ``"pc"`` (:func:`predictor_corrector`) or ``"langevin"`` (:func:`annealed_langevin`, NCSN spec).
+        score_fn: The score.
+        x: Draws of the initial law.
+        spec: ``{"kind": "ve" | "vp" | "ncsn", ...}`` (:func:`~bayesinv.diffusion.sde.process_from_spec`).
+        options: An object with the attributes ``steps`` (500), ``rtol``, ``atol`` (1e-5), ``power`` (2),
+            ``t_min``, ``corrector_steps`` (1), ``snr`` (0.16), ``steps_per_level``, ``eps`` (the
+            NCSN spec's) and ``denoise`` (``True``); ``None`` takes the default in brackets.
+        t_min: The final time when ``options.t_min`` is ``None``.
+        generator: The random generator.
+    """
+    denoise = True if options.denoise is None else bool(options.denoise)
+    get = lambda name, default: default if getattr(options, name) is None else getattr(options, name)  # noqa: E731
+    if sampler == "langevin":
+        sigmas = torch.tensor(spec["sigmas"], device=x.device)
+        return annealed_langevin(score_fn, x, sigmas, steps_per_level=int(get("steps_per_level", spec["steps_per_level"])),
+                                 eps=float(get("eps", spec["eps"])), denoise=denoise, generator=generator)  # fmt: skip
+    process, t_min = process_from_spec(spec), float(get("t_min", t_min))
+    if sampler == "ode":
+        return probability_flow_ode(score_fn, x, process, rtol=get("rtol", 1e-5), atol=get("atol", 1e-5),
+                                    power=float(get("power", 2.0)), t_min=t_min, denoise=denoise)  # fmt: skip
+    steps = int(get("steps", 500))
+    if sampler == "sde":
+        return reverse_sde(score_fn, x, process, alpha=1.0, steps=steps, t_min=t_min, denoise=denoise, generator=generator)
+    return predictor_corrector(score_fn, x, process, steps=steps, corrector_steps=int(get("corrector_steps", 1)),
+                               snr=float(get("snr", 0.16)), t_min=t_min, denoise=denoise, generator=generator)  # fmt: skip
+
+
+def initial_draws(spec: Mapping[str, Any], shape: tuple[int, ...], *, mean: Tensor | float = 0.0,
+                  generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:  # fmt: skip
+    r"""Draws of the initial law of a reverse process of a JSON-able spec: :math:`U(0, 1)` for NCSN
+    levels, else :math:`\mathcal{N}(m(1)\mu, \sigma(1)^2 I)` with μ = ``mean`` (centring the start on
+    the data mean removes most of the probability-flow ODE's bias; see :func:`probability_flow_log_prob`)."""
+    if spec["kind"] == "ncsn":
+        return torch.rand(shape, generator=generator, device=device)
+    process = process_from_spec(spec)
+    z = torch.randn(shape, generator=generator, device=device)
+    return process.mean_scale(1.0).item() * mean + process.sigma(1.0).item() * z

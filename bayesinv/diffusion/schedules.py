@@ -30,6 +30,7 @@ __all__ = [
     "choose_num_levels",
     "langevin_variance_ratio",
     "choose_step_size",
+    "ncsn_levels",
 ]
 
 
@@ -177,3 +178,38 @@ def choose_step_size(sigma_1: float, sigma_L: float, L: int, steps_per_level: in
     e = np.logspace(-8, math.log10(1.999), 20001)  # eps / sigma_L^2, stable for < 2
     ratio = langevin_variance_ratio(e * sigma_L**2, sigma_L, gamma, steps_per_level)
     return float(e[np.argmin(np.abs(ratio - 1.0))] * sigma_L**2)
+
+
+def ncsn_levels(
+    x: Tensor,
+    *,
+    sigma_1: float | None,
+    sigma_L: float,
+    num_levels: int | None,
+    min_levels: int,
+    steps_per_level: int,
+    eps: float | None,
+    seed: int,
+) -> dict:
+    r"""The NCSN process spec of training targets ``x`` ``(N, D)``: levels and step size by the rules above where not given.
+
+    Arguments:
+        x: The (normalised, flat) training targets.
+        sigma_1: The largest level (``None``: :func:`choose_sigma_1` on a seeded subset, raised 5 %).
+        sigma_L: The smallest level.
+        num_levels: :math:`L` (``None``: :func:`choose_num_levels`, at least ``min_levels``).
+        min_levels: The smallest :math:`L` the rule may give.
+        steps_per_level: :math:`T`, the Langevin steps per level.
+        eps: The step size (``None``: :func:`choose_step_size`).
+        seed: Seed of the subset that estimates :math:`\sigma_1`.
+
+    Returns:
+        ``{"kind": "ncsn", "sigmas", "eps", "steps_per_level"}`` (JSON-able).
+    """
+    if sigma_1 is None:
+        sigma_1 = choose_sigma_1(x, generator=torch.Generator().manual_seed(seed))
+        sigma_1 = max(1.05 * sigma_1, 2 * sigma_L)  # the subset slightly underestimates it
+    L = num_levels or max(min_levels, choose_num_levels(x.shape[-1], sigma_1, sigma_L))
+    eps = eps if eps is not None else choose_step_size(sigma_1, sigma_L, L, steps_per_level)
+    sigmas = geometric_sigmas(sigma_1, sigma_L, L, dtype=torch.float64).tolist()
+    return {"kind": "ncsn", "sigmas": sigmas, "eps": eps, "steps_per_level": steps_per_level}

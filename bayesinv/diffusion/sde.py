@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-__all__ = ["Process", "VE", "VP", "expand_like"]
+__all__ = ["Process", "VE", "VP", "expand_like", "process_from_spec"]
 
 
 def expand_like(t: Tensor | float, x: Tensor) -> Tensor:
@@ -215,3 +216,13 @@ class VP(Process):
     def prior_std(self) -> float:
         r"""1, the paper's :math:`\mathcal{N}(0, I)` initial law."""
         return 1.0
+
+
+def process_from_spec(spec: Mapping[str, Any]) -> Process | None:
+    r"""The process of a JSON-able spec ``{"kind": "ve", "sigma_max": ...}`` or ``{"kind": "vp", "beta_min": ..., "beta_max": ...}``
+    (``None`` for other kinds: NCSN levels, flow matching)."""
+    if spec["kind"] == "ve":
+        return VE(sigma_max=spec["sigma_max"])
+    if spec["kind"] == "vp":
+        return VP(beta_min=spec["beta_min"], beta_max=spec["beta_max"])
+    return None

@@ -1,30 +1,21 @@
 r"""CSD*: an unconditional score prior started from a classical reconstruction, ``method="csd_star"``.
 
 The EIT comparison's CSD* (papers/eit-comparison-cvae-cnf-csd.md, Algorithm 5): a score
-network :math:`s_\phi(x, t)` learns the *unconditional* distribution of the target
-(conductivity images only, no observations) by denoising score matching,
+network :math:`s_\phi(x, t)` learns the *unconditional* law of the target (images only, no
+observations) by denoising score matching,
 
 .. math:: \mathcal{L}(\phi) = E_{t,\, x_0,\, z} \big\| \sigma(t)\, s_\phi(m(t) x_0 + \sigma(t) z, t) + z \big\|^2 ,
 
-and the observation enters only through a classical reconstruction :math:`x_{GN}(y)`
-(regularised Gauss–Newton). Of a reverse process of K steps from t = 1 to
-:math:`t_{min}`, the first K − K′ are skipped: :math:`x_{GN}` is diffused to the time
-of step K′, :math:`x_{t'} = m(t') x_{GN} + \sigma(t') z`, and the remaining K′
-predictor–corrector steps (reverse-diffusion predictor, Langevin corrector) pull it
-onto the learned image distribution. K′ trades fidelity to :math:`x_{GN}` (small K′)
-against the prior's freedom (large K′); :func:`choose_insert_step` picks it on
-validation pairs by MSE (the paper found K′ ≈ 500–650 of 1000).
-
-The network, the forward processes, the DSM loss, the sampler and the training loop are
-those of ``method="cond_score"``: the score network is a
-:class:`~bayesinv.nets.score.CondScoreNet` with an empty condition. Options: the fields of
-:class:`CSDStarConfig` (fit) and :class:`CSDStarSampler` (sampling).
+and the observation enters only through a reconstruction :math:`x_{GN}(y)` (regularised
+Gauss–Newton): of a K-step reverse process from t = 1, :math:`x_{GN}` is diffused to the time
+t′ of step K′, :math:`x_{t'} = m(t') x_{GN} + \sigma(t') z`, and the last K′
+predictor–corrector steps pull it onto the learned image law. K′ trades fidelity to
+:math:`x_{GN}` (small) against the prior's freedom (large); :func:`choose_insert_step` picks
+it on validation pairs by MSE (the paper found K′ ≈ 500–650 of 1000).
 
 The reconstruction comes from ``solver=``, an object with ``gauss_newton(y, **options)``
-returning the target image(s) — the EIT problem of :mod:`bayesinv.models.eit` (as for
-``method="gauss_newton"``). A saved posterior does not store the solver: set
-``post.solver = eit`` after :func:`bayesinv.load`, or pass ``solver=`` (or precomputed
-reconstructions ``start=``) to :meth:`~CSDStarPosterior.sample`.
+(the EIT problem of :mod:`bayesinv.models.eit`). It is not saved: set ``post.solver = eit``
+after :func:`bayesinv.load`, or pass ``solver=`` (or reconstructions ``start=``) to ``sample``.
 
 Example:
     >>> eit = bayesinv.models.eit.make_model(2, 40, image_size=32)
@@ -42,16 +33,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bayesinv.amortized.layout import Layout, apply_transforms
-from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, register_amortized, train_options, to_json
+from bayesinv.amortized.fit import choose_sample_option
+from bayesinv.amortized.layout import Layout, from_normalised, to_normalised
+from bayesinv.amortized.method import (
+    AmortizedMethod, PCOptions, ProcessOptions, UNetOptions, check_float, check_int, map_rows, register_amortized, train_options,
+    to_json,
+)  # fmt: skip
 from bayesinv.amortized.posterior import AmortizedPosterior
-from bayesinv.diffusion import predictor_corrector
+from bayesinv.diffusion import predictor_corrector, score_objective, step_time
 from bayesinv.errors import OptionError, ProblemError
-from bayesinv.methods.cond_score import score_loss
-from bayesinv.nets.score import CondScoreNet, make_process, net_spec
+from bayesinv.nets.score import CondScoreNet, build_score_net, make_process
 
 __all__ = ["CSDStarConfig", "CSDStarSampler", "CSDStarPosterior", "CSD_STAR", "choose_insert_step"]
-
 
 #: Training defaults of ``method="csd_star"`` (they replace TrainOptions' class defaults; the user's options override them).
 TRAIN_DEFAULTS = dict(
@@ -69,19 +62,22 @@ TRAIN_DEFAULTS = dict(
 )
 
 
+def _check_gn_options(cfg: Any, none: bool = False) -> None:
+    if not (none and cfg.gn_options is None) and not isinstance(cfg.gn_options, Mapping):
+        raise OptionError(f"{type(cfg).__name__}: gn_options must be a dict, got {cfg.gn_options!r}")
+
+
 @dataclass(frozen=True)
-class CSDStarConfig(train_options(TRAIN_DEFAULTS)):
-    r"""Fit options of ``method="csd_star"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
+class CSDStarConfig(UNetOptions, ProcessOptions, train_options(TRAIN_DEFAULTS)):
+    r"""Fit options of ``method="csd_star"``: the fields of :class:`~bayesinv.amortized.method.UNetOptions`
+    (the U-Net), :class:`~bayesinv.amortized.method.ProcessOptions` (``"ve"`` or ``"vp"``) and
+    :class:`~bayesinv.amortized.method.TrainOptions` (defaults :data:`TRAIN_DEFAULTS`), and
 
     Arguments:
         insert_step: K′, the step of K at which the reconstruction is inserted.
         steps: K, the steps of the full reverse process.
         corrector_steps, snr: Langevin corrector steps per predictor step and its r.
         gn_options: Options of ``solver.gauss_newton`` (JSON-able; saved).
-        process: ``"ve"`` or ``"vp"``; sigma_max, beta_min, beta_max: its parameters.
-        base_channels, channel_mults, activation, embed_dim, embed_map_channels: The U-Net.
-        t_min, time_sampling: As for :class:`~bayesinv.methods.cond_score.CondScoreConfig`.
-        normalization: ``"minmax"`` (default), ``"standard"`` or ``"none"``.
     """
 
     insert_step: int = 600
@@ -89,75 +85,43 @@ class CSDStarConfig(train_options(TRAIN_DEFAULTS)):
     corrector_steps: int = 1
     snr: float = 0.16
     gn_options: dict = field(default_factory=dict)
-    process: str = "ve"
-    sigma_max: float = 5.0
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    activation: str = "silu"
-    embed_dim: int = 64
-    embed_map_channels: int = 8
-    t_min: float = 1e-5
-    time_sampling: str = "mixed"
     network = "unet"  # not fields: CSD* always uses a U-Net without an observation embedding
     embedding = "auto"
     hidden = (256, 256, 256)
 
     def __post_init__(self):
         self.check_training()
-        check_choice(self, "process", ("ve", "vp"))
-        check_choice(self, "activation", ("silu", "relu", "gelu", "tanh"))
-        check_choice(self, "time_sampling", ("uniform", "mixed"))
-        for name in ("steps", "base_channels", "embed_dim"):
-            check_int(self, name)
+        self.check_process()
+        self.check_unet()
+        check_int(self, "steps")
         check_int(self, "corrector_steps", minimum=0)
-        check_int(self, "embed_map_channels", minimum=0)
         if not isinstance(self.insert_step, int) or not 0 < self.insert_step <= self.steps:
             raise OptionError(f"CSDStarConfig: insert_step K' must lie in 1..steps = {self.steps}, got {self.insert_step!r}")
-        for name in ("snr", "sigma_max", "beta_min", "beta_max"):
-            check_float(self, name, low=0.0, open_low=True)
-        check_float(self, "t_min", low=0.0, high=0.5, open_low=True)
-        if not isinstance(self.gn_options, Mapping):
-            raise OptionError(f"CSDStarConfig: gn_options must be a dict, got {self.gn_options!r}")
-
-    def process_spec(self) -> dict[str, Any]:
-        return {"kind": "ve", "sigma_max": self.sigma_max} if self.process == "ve" else \
-            {"kind": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max}
+        check_float(self, "snr", low=0.0, open_low=True)
+        _check_gn_options(self)
 
 
 @dataclass(frozen=True)
-class CSDStarSampler:
-    r"""Sampling options of ``method="csd_star"`` (``None``: the posterior's default).
+class CSDStarSampler(PCOptions):
+    r"""Sampling options of ``method="csd_star"`` (``None``: the fit's): the fields of
+    :class:`~bayesinv.amortized.method.PCOptions` (``steps`` K, ``corrector_steps``, ``snr``, ``t_min``,
+    ``denoise``, ``chunk_size``), and
 
     Arguments:
-        insert_step: K′; steps: K; corrector_steps, snr: the corrector; t_min.
-        denoise: Final Tweedie step (``True``).
+        insert_step: K′.
         solver: Overrides ``post.solver``; gn_options: passed to ``solver.gauss_newton``.
         start: Precomputed reconstructions ``(*B, *target shape)`` instead of the solver.
-        chunk_size: Draws per network batch (512).
     """
 
     insert_step: int | None = None
-    steps: int | None = None
-    corrector_steps: int | None = None
-    snr: float | None = None
-    t_min: float | None = None
-    denoise: bool | None = None
     solver: Any = None
     gn_options: dict | None = None
     start: Any = None
-    chunk_size: int | None = None
 
     def __post_init__(self):
-        for name in ("insert_step", "steps", "chunk_size"):
-            check_int(self, name, none=True)
-        check_int(self, "corrector_steps", minimum=0, none=True)
-        check_float(self, "snr", low=0.0, open_low=True, none=True)
-        check_float(self, "t_min", low=0.0, high=0.5, open_low=True, none=True)
-        check_choice(self, "denoise", (None, True, False))
-        if self.gn_options is not None and not isinstance(self.gn_options, Mapping):
-            raise OptionError(f"CSDStarSampler: gn_options must be a dict, got {self.gn_options!r}")
+        self.check_pc()
+        check_int(self, "insert_step", none=True)
+        _check_gn_options(self, none=True)
 
 
 class CSDStarPosterior(AmortizedPosterior):
@@ -186,17 +150,12 @@ class CSDStarPosterior(AmortizedPosterior):
         self.config["insert_step"] = int(value)
 
     def insert_time(self, insert_step: int | None = None, steps: int | None = None, t_min: float | None = None) -> float:
-        r"""The diffusion time :math:`t' = t_{min} + (1 - t_{min}) (K'/K)^2` of step K′ of K.
-
-        The samplers' K-step grid is uniform in :math:`\sqrt{t - t_{min}}`, so the K′ steps
-        from t′ are exactly the last K′ steps of the full K-step reverse process.
-        """
+        r"""The diffusion time t′ of step K′ of K (:func:`~bayesinv.diffusion.samplers.step_time`)."""
         k = int(self.config["steps"] if steps is None else steps)
         kp = int(self.insert_step if insert_step is None else insert_step)
         if not 0 < kp <= k:
             raise ProblemError(f"insert_step K' must lie in 1..K = {k}, got {kp}")
-        t_min = float(self.config["t_min"] if t_min is None else t_min)
-        return t_min + (1.0 - t_min) * (kp / k) ** 2
+        return step_time(kp, k, float(self.config["t_min"] if t_min is None else t_min))
 
     def reconstruct(self, y: Any, solver: Any = None, **gn_options: Any) -> Tensor:
         r"""The solver's reconstruction(s) of ``y`` ``(*B, 208)`` → normalised flat ``(B, D)``."""
@@ -208,14 +167,10 @@ class CSDStarPosterior(AmortizedPosterior):
             )
         opts = {**self.config.get("gn_options", {}), **gn_options}
         rec = np.asarray(solver.gauss_newton(np.asarray(y, dtype=np.float64).reshape(-1, y.shape[-1]), **opts))
-        return self._normalise_start(torch.as_tensor(rec))
+        return self._normalise_start(rec)
 
     def _normalise_start(self, start: Any) -> Tensor:
-        (name,), (shape,) = self.target.names, self.target.shapes
-        v = torch.as_tensor(np.asarray(start)).float().reshape(-1, *shape)
-        v = apply_transforms({name: v}, self.transforms)[name]
-        return self.x_norm(self.target.flatten({name: v}).to(self.device))
-
+        return to_normalised({self.target.names[0]: start}, self.target, self.transforms, self.x_norm, self.device)
 
 
 def build(cfg: CSDStarConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
@@ -225,25 +180,20 @@ def build(cfg: CSDStarConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
         raise ProblemError(
             f"csd_star takes one observed site and one 2-D field target; got observed {list(observed)}, target {list(target.names)}"
         )
-    spec = net_spec(cfg, target, Layout((), ()), cfg.process_spec())
-    settings = {**to_json(cfg), "net": spec}
-    net = CondScoreNet(spec)
-    net.set_statistics(pairs.x, pairs.x.new_zeros(len(pairs.x), 0))  # input preconditioning; no condition
-    return net, settings
+    net, spec = build_score_net(cfg, target, Layout((), ()), cfg.process_spec(), pairs.x, pairs.x.new_zeros(len(pairs.x), 0))
+    return net, {**to_json(cfg), "net": spec}
 
 
 def loss(cfg: CSDStarConfig, net: nn.Module, settings: Mapping[str, Any]):
-    r"""``loss_fn(module, x, c)``: the unconditional DSM loss (``c`` is empty and ignored)."""
-    process, empty = make_process(settings["net"]["process"]), torch.zeros(0, device=next(net.parameters()).device)
-    return lambda module, x0, c0: score_loss(module, x0, empty, process, cfg.t_min, cfg.time_sampling)
+    r"""``loss_fn(module, x, c)``: the unconditional DSM loss (``c`` is ignored)."""
+    return score_objective(settings["net"]["process"], cfg.t_min, cfg.time_sampling, empty_on=next(net.parameters()).device)
 
 
 def sample(post: CSDStarPosterior, c: Tensor, n: int, generator: torch.Generator, scfg: CSDStarSampler) -> tuple[Tensor, dict]:
     r"""K′ predictor–corrector steps from the diffused reconstruction: ``(B, n, D)``."""
     cfg = post.config
-    steps = int(scfg.steps or cfg["steps"])
-    insert_step = int(scfg.insert_step or post.insert_step)
-    t_min = float(scfg.t_min or cfg["t_min"])
+    get = lambda name: cfg[name] if getattr(scfg, name) is None else getattr(scfg, name)  # noqa: E731
+    steps, insert_step, t_min = int(get("steps")), int(scfg.insert_step or post.insert_step), float(get("t_min"))
     t_start = post.insert_time(insert_step, steps, t_min)
     if scfg.start is not None:
         x_gn = post._normalise_start(scfg.start)
@@ -252,22 +202,16 @@ def sample(post: CSDStarPosterior, c: Tensor, n: int, generator: torch.Generator
     B, D = c.shape[0], post.target.dim
     if x_gn.shape[0] != B:
         raise ProblemError(f"start= holds {x_gn.shape[0]} reconstructions for {B} observations")
-    x0 = x_gn.repeat_interleave(n, 0)
     proc, t = post.process, torch.tensor(t_start)
-    z = torch.randn(x0.shape, generator=generator, device=post.device)
-    x = proc.mean_scale(t).item() * x0 + proc.sigma(t).item() * z
+    x = proc.perturb(x_gn.repeat_interleave(n, 0), t, torch.randn((B * n, D), generator=generator, device=post.device))
     empty = torch.zeros(0, device=post.device)
-    score_fn = lambda x_, level: post.net(x_, empty, level)  # noqa: E731
-    chunk = int(scfg.chunk_size or 512)
-    corrector = int(cfg["corrector_steps"] if scfg.corrector_steps is None else scfg.corrector_steps)
-    snr = float(cfg["snr"] if scfg.snr is None else scfg.snr)
-    out, nfe = [], 0
-    for a in range(0, len(x), chunk):
-        res = predictor_corrector(score_fn, x[a : a + chunk], proc, steps=insert_step, t_start=t_start,
-                                  corrector_steps=corrector, snr=snr, t_min=t_min,
-                                  denoise=True if scfg.denoise is None else bool(scfg.denoise), generator=generator)  # fmt: skip
-        out.append(res.x)
-        nfe = max(nfe, res.nfe)
+    pc = dict(steps=insert_step, t_start=t_start, corrector_steps=int(get("corrector_steps")), snr=float(get("snr")),
+              t_min=t_min, denoise=True if scfg.denoise is None else bool(scfg.denoise), generator=generator)  # fmt: skip
+
+    def run(x_chunk: Tensor, _c: Tensor):
+        return predictor_corrector(lambda x_, level: post.net(x_, empty, level), x_chunk, proc, **pc)
+
+    out, nfe = map_rows(run, x, c, torch.arange(B, device=c.device).repeat_interleave(n), int(scfg.chunk_size or 512))
     stats = {"sampler": "pc", "insert_step": insert_step, "steps": steps, "t_insert": t_start, "nfe": nfe,
              "sigma_insert": float(proc.sigma(t))}  # fmt: skip
     return torch.cat(out).reshape(B, n, D), stats
@@ -284,7 +228,8 @@ def choose_insert_step(
     update: bool = True,
     **options: Any,
 ) -> tuple[int, dict[int, float]]:
-    r"""Chooses K′ by the mean squared error of one draw per validation pair.
+    r"""Chooses K′ by the mean squared error of one draw per validation pair
+    (:func:`~bayesinv.amortized.fit.choose_sample_option`).
 
     Arguments:
         post: The fitted posterior.
@@ -299,15 +244,10 @@ def choose_insert_step(
     Returns:
         The best K′ and the mean MSE of every candidate.
     """
-    truth = torch.as_tensor(np.asarray(truth)).float()
     if start is None:
-        start = post.x_norm.inverse(post.reconstruct(np.asarray(y))).reshape(truth.shape)
-        start = apply_transforms({post.target.names[0]: start}, post.transforms, inverse=True)[post.target.names[0]]
-    table = {}
-    for k in candidates:
-        draws = post.sample(y, 1, seed=seed, insert_step=int(k), start=start, **options)[post.target.names[0]][:, 0]
-        table[int(k)] = float((draws - truth).pow(2).flatten(1).mean(1).mean())
-    best = min(table, key=table.get)
+        start = from_normalised(post.reconstruct(np.asarray(y)), post.target, post.transforms, post.x_norm)[post.target.names[0]]
+    ks = [int(k) for k in candidates]
+    best, table = choose_sample_option(post, "insert_step", ks, y, truth, seed=seed, start=start, **options)
     if update:
         post.insert_step = best
         if options.get("steps") is not None:

@@ -23,22 +23,21 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from bayesinv.amortized.layout import Layout
-from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, register_amortized, train_options
+from bayesinv.amortized.fit import seeded_from
+from bayesinv.amortized.layout import saved_layout
+from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, check_sizes, register_amortized, train_options
 from bayesinv.errors import OptionError
-from bayesinv.nets.flow import ConditionalFlow
+from bayesinv.nets.flow import ConditionalFlow, build_flow, flow_architecture
 
 __all__ = ["FlowConfig", "FlowSampler", "ConditionalFlow", "FLOW", "FLOWS"]
 
 FLOWS = ("nsf", "maf", "realnvp", "nsf_coupling", "multiscale")
-
 
 #: Training defaults of ``method="flow"`` (they replace TrainOptions' class defaults; the user's options override them).
 TRAIN_DEFAULTS = dict(
@@ -58,7 +57,8 @@ TRAIN_DEFAULTS = dict(
 
 @dataclass(frozen=True)
 class FlowConfig(train_options(TRAIN_DEFAULTS)):
-    r"""Fit options of ``method="flow"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`).
+    r"""Fit options of ``method="flow"`` (with the training fields of :class:`~bayesinv.amortized.method.TrainOptions`,
+    defaults :data:`TRAIN_DEFAULTS`).
 
     Arguments:
         flow: ``"nsf"``, ``"maf"``, ``"realnvp"``, ``"nsf_coupling"`` or ``"multiscale"`` (one field target).
@@ -69,7 +69,6 @@ class FlowConfig(train_options(TRAIN_DEFAULTS)):
         embed_dim: The embedding size.
         alpha: Weight of the conditioning-network loss ‖H(y) − x‖² (multiscale only).
         scales: Number of scales (multiscale only).
-        normalization: ``"standard"`` (default), ``"minmax"`` or ``"none"``.
     """
 
     flow: str = "nsf"
@@ -86,8 +85,7 @@ class FlowConfig(train_options(TRAIN_DEFAULTS)):
         if self.flow not in FLOWS:
             raise OptionError(f"FlowConfig: unknown flow {self.flow!r}; use one of {list(FLOWS)}")
         check_choice(self, "embedding", (None, "none", "auto", "mlp", "cnn"))
-        if not isinstance(self.hidden, tuple) or not self.hidden or not all(isinstance(h, int) and h >= 1 for h in self.hidden):
-            raise OptionError(f"FlowConfig: option hidden={self.hidden!r} must be a non-empty tuple of integers >= 1")
+        check_sizes(self, "hidden", empty=False)
         for name in ("num_transforms", "bins", "embed_dim", "scales"):
             check_int(self, name)
         check_float(self, "alpha", low=0.0)
@@ -100,46 +98,15 @@ class FlowSampler:
     r"""``method="flow"`` has no sampling options: draws are exact samples of the flow."""
 
 
-@contextlib.contextmanager
-def seeded(generator: torch.Generator | None) -> Iterator[None]:
-    r"""Seeds torch's global RNG from ``generator`` inside the block (zuko's samplers draw from the global RNG)."""
-    if generator is None:
-        yield
-        return
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    with torch.random.fork_rng(devices=[generator.device] if generator.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 def rebuild(settings: Mapping[str, Any]) -> nn.Module:
     r"""The flow of saved settings (``architecture``, ``condition_layout``)."""
-    arch = dict(settings["architecture"])
-    if arch.get("flow") == "multiscale":
-        from bayesinv.nets.coupling import MultiscaleConditionalFlow
-
-        arch.pop("flow")
-        return MultiscaleConditionalFlow(**arch)
-    cond = settings.get("condition_layout")
-    return ConditionalFlow(**arch, condition=Layout.from_json(cond) if cond else None)
+    return build_flow(settings["architecture"], saved_layout(settings))
 
 
 def build(cfg: FlowConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
-    r"""The flow of ``cfg`` for the pairs' layouts, and its saved settings."""
-    t_layout, c_layout = pairs.target, pairs.condition
-    if cfg.flow == "multiscale":
-        from bayesinv.nets.coupling import field_shape
-
-        arch = dict(
-            flow="multiscale", x_shape=field_shape(t_layout), c_dim=c_layout.dim, scales=cfg.scales,
-            blocks=cfg.num_transforms, channels=cfg.hidden[0], embedding=cfg.embedding, embedding_dim=cfg.embed_dim,
-            c_shape=list(c_layout.shapes[0]) if len(c_layout.names) == 1 else None,
-        )  # fmt: skip
-    else:
-        arch = dict(x_dim=t_layout.dim, c_dim=c_layout.dim, flow=cfg.flow, num_transforms=cfg.num_transforms,
-                    hidden=list(cfg.hidden), bins=cfg.bins, embedding=cfg.embedding, embed_dim=cfg.embed_dim)  # fmt: skip
-    settings = {"architecture": arch, "condition_layout": c_layout.to_json(), "alpha": float(cfg.alpha),
-                "normalization": cfg.normalization}  # fmt: skip
+    r"""The flow of ``cfg`` for the pairs' layouts (:func:`~bayesinv.nets.flow.flow_architecture`), and its saved settings."""
+    settings = {"architecture": flow_architecture(cfg, pairs.target, pairs.condition), "condition_layout": pairs.condition.to_json(),
+                "alpha": float(cfg.alpha), "normalization": cfg.normalization}  # fmt: skip
     return rebuild(settings), settings
 
 
@@ -152,7 +119,7 @@ def loss(cfg: FlowConfig, net: nn.Module, settings: Mapping[str, Any]):
 
 def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: FlowSampler) -> tuple[Tensor, dict]:
     r"""``n`` exact draws of the flow for each condition: ``(B, n, D)``."""
-    with seeded(generator):
+    with seeded_from(generator):
         x = post.net(c).sample((n,))  # (n, B, D)
     return x.movedim(0, -2), {"sampler": "exact"}
 

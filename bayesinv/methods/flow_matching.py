@@ -26,17 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.method import (
-    AmortizedMethod, ScoreNetOptions, check_choice, check_float, check_int, map_rows, register_amortized, train_options, to_json,
-)
+    EXACT_MAX_DIM, AmortizedMethod, ODEOptions, ScoreNetOptions, check_float, check_int, map_log_prob, map_rows, register_amortized,
+    train_options, to_json,
+)  # fmt: skip
 from bayesinv.diffusion.loss import flow_matching_loss
 from bayesinv.diffusion.samplers import flow_matching_log_prob, flow_matching_ode
-from bayesinv.nets.score import CondScoreNet, net_spec
+from bayesinv.nets.score import CondScoreNet, build_score_net, chunk_rows
 
 __all__ = ["FlowMatchingConfig", "FlowMatchingSampler", "FLOW_MATCHING", "EXACT_MAX_DIM"]
-
-#: Targets of at most this many dimensions get the exact divergence by default.
-EXACT_MAX_DIM = 32
-
 
 #: Training defaults of ``method="flow_matching"`` (they replace TrainOptions' class defaults; the user's options override them).
 TRAIN_DEFAULTS = dict(
@@ -74,38 +71,25 @@ class FlowMatchingConfig(ScoreNetOptions, train_options(TRAIN_DEFAULTS)):
 
 
 @dataclass(frozen=True)
-class FlowMatchingSampler:
-    r"""Sampling (and density) options of ``method="flow_matching"`` (``None``: the default).
+class FlowMatchingSampler(ODEOptions):
+    r"""Sampling (and density) options of ``method="flow_matching"`` (``None``: the default): the fields of
+    :class:`~bayesinv.amortized.method.ODEOptions` (``rtol``, ``atol``, ``chunk_size``, ``exact``, ``num_probes``) and
 
     Arguments:
-        rtol, atol: Tolerances of the adaptive RK5(4) integrator (1e-5), for draws and densities.
         max_steps: Steps before the integrator gives up (10,000).
-        chunk_size: Rows of observations × draws per network batch (MLP 50,000, U-Net 512).
-        exact: ``log_prob`` with the exact divergence (default: target dimension ≤ 32).
-        num_probes: Hutchinson probes K per point when not exact (1): variance
-            :math:`2 \sum_{i \neq j} S_{ij}^2 / K` (:mod:`bayesinv.diffusion.ode`), estimated for K ≥ 2.
     """
 
-    rtol: float | None = None
-    atol: float | None = None
     max_steps: int | None = None
-    chunk_size: int | None = None
-    exact: bool | None = None
-    num_probes: int | None = None
 
     def __post_init__(self):
-        for name in ("rtol", "atol"):
-            check_float(self, name, low=0.0, open_low=True, none=True)
-        for name in ("max_steps", "chunk_size", "num_probes"):
-            check_int(self, name, none=True)
-        check_choice(self, "exact", (None, True, False))
+        self.check_ode()
+        check_int(self, "max_steps", none=True)
 
 
 def build(cfg: FlowMatchingConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
     r"""The velocity network of ``cfg`` with its input preconditioning set from the pairs, and the saved settings."""
-    spec = net_spec(cfg, pairs.target, pairs.condition, {"kind": "flow_matching", "sigma_min": float(cfg.sigma_min)})
-    net = CondScoreNet(spec)
-    net.set_statistics(pairs.x, pairs.c)
+    proc = {"kind": "flow_matching", "sigma_min": float(cfg.sigma_min)}
+    net, spec = build_score_net(cfg, pairs.target, pairs.condition, proc, pairs.x, pairs.c)
     return net, {**to_json(cfg), "net": spec}
 
 
@@ -118,10 +102,6 @@ def _tolerances(scfg: FlowMatchingSampler) -> dict:
     return dict(rtol=scfg.rtol or 1e-5, atol=scfg.atol or 1e-5, max_steps=scfg.max_steps or 10_000)
 
 
-def _chunk(post: Any, scfg: FlowMatchingSampler) -> int:
-    return int(scfg.chunk_size or (50_000 if post.config["net"]["network"] == "mlp" else 512))
-
-
 def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: FlowMatchingSampler) -> tuple[Tensor, dict]:
     r"""The ODE from noise to the target for every (observation, draw) pair, in chunks: ``(B, n, D)`` and stats."""
     B, D, dev = c.shape[0], post.target.dim, post.device
@@ -131,23 +111,18 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: FlowM
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
         return flow_matching_ode(lambda v, t: post.net(v, c_chunk, t), x_chunk, **_tolerances(scfg))
 
-    out, nfe = map_rows(run, x, c, owner, _chunk(post, scfg))
+    out, nfe = map_rows(run, x, c, owner, chunk_rows(post.config["net"], scfg.chunk_size))
     return torch.cat(out).reshape(B, n, D), {"sampler": "ode", "nfe": nfe, "num_chunks": len(out)}
 
 
 def log_prob(post: Any, x: Tensor, c: Tensor, scfg: FlowMatchingSampler, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     r"""The density of :func:`sample`'s law at normalised ``x`` ``(N, D)`` (rows of ``c``) and its standard error."""
-    exact = post.target.dim <= EXACT_MAX_DIM if scfg.exact is None else scfg.exact
-    probes = 1 if exact else scfg.num_probes or 1
 
-    def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[tuple[Tensor, Tensor], int]:
-        c_rows = c_chunk.repeat_interleave(probes, 0)  # log_prob_ode repeats each point once per probe
-        res = flow_matching_log_prob(lambda v, t: post.net(v, c_rows, t), x_chunk, exact=exact, num_probes=probes,
-                                     generator=generator, **_tolerances(scfg))  # fmt: skip
-        return (res.log_prob, res.std_error), res.nfe
+    def fn(x_chunk: Tensor, c_rows: Tensor, exact: bool, probes: int):
+        return flow_matching_log_prob(lambda v, t: post.net(v, c_rows, t), x_chunk, exact=exact, num_probes=probes,
+                                      generator=generator, **_tolerances(scfg))  # fmt: skip
 
-    out, _ = map_rows(run, x, c, torch.arange(x.shape[0], device=x.device), _chunk(post, scfg))
-    return torch.cat([lp for lp, _ in out]), torch.cat([se for _, se in out])
+    return map_log_prob(fn, x, c, scfg, chunk_rows(post.config["net"], scfg.chunk_size))
 
 
 FLOW_MATCHING = register_amortized(AmortizedMethod(

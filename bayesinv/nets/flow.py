@@ -2,7 +2,7 @@ r"""Conditional flows for flat targets (zuko): :class:`ConditionalFlow`, the net
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +11,7 @@ from bayesinv.amortized.layout import Layout
 from bayesinv.errors import ProblemError
 from bayesinv.nets.embedding import observation_embedding
 
-__all__ = ["ConditionalFlow", "VECTOR_FLOWS"]
+__all__ = ["ConditionalFlow", "VECTOR_FLOWS", "flow_architecture", "build_flow"]
 
 VECTOR_FLOWS = ("nsf", "maf", "realnvp", "nsf_coupling")
 
@@ -64,3 +64,31 @@ class ConditionalFlow(nn.Module):
     def loss(self, x: Tensor, c: Tensor) -> Tensor:
         r"""The negative log-likelihood, averaged over the batch."""
         return -self(c).log_prob(x).mean()
+
+
+def flow_architecture(cfg: Any, target: Layout, condition: Layout) -> dict[str, Any]:
+    r"""The JSON-able architecture (saved with a posterior) of the flow of a config with the fields
+    ``flow``, ``num_transforms``, ``hidden``, ``bins``, ``embedding``, ``embed_dim`` and ``scales``: the
+    arguments of :class:`ConditionalFlow`, or of :class:`~bayesinv.nets.coupling.MultiscaleConditionalFlow`
+    with ``flow="multiscale"`` (one field target; ``num_transforms`` blocks per scale, width ``hidden[0]``)."""
+    if cfg.flow == "multiscale":
+        from bayesinv.nets.coupling import field_shape
+
+        return dict(
+            flow="multiscale", x_shape=field_shape(target), c_dim=condition.dim, scales=cfg.scales, blocks=cfg.num_transforms,
+            channels=cfg.hidden[0], embedding=cfg.embedding, embedding_dim=cfg.embed_dim,
+            c_shape=list(condition.shapes[0]) if len(condition.names) == 1 else None,
+        )  # fmt: skip
+    return dict(x_dim=target.dim, c_dim=condition.dim, flow=cfg.flow, num_transforms=cfg.num_transforms, hidden=list(cfg.hidden),
+                bins=cfg.bins, embedding=cfg.embedding, embed_dim=cfg.embed_dim)  # fmt: skip
+
+
+def build_flow(architecture: Mapping[str, Any], condition: Layout | None = None) -> nn.Module:
+    r"""The flow of an architecture of :func:`flow_architecture` (``condition``: the condition layout, for a CNN embedding)."""
+    arch = dict(architecture)
+    if arch.get("flow") == "multiscale":
+        from bayesinv.nets.coupling import MultiscaleConditionalFlow
+
+        arch.pop("flow")
+        return MultiscaleConditionalFlow(**arch)
+    return ConditionalFlow(**arch, condition=condition)

@@ -16,23 +16,24 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.layout import Layout
-from bayesinv.diffusion import VE, VP, expand_like
+from bayesinv.diffusion import expand_like, process_from_spec
 from bayesinv.errors import ProblemError
 from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding
 from bayesinv.nets.mlp import ScoreMLP
 from bayesinv.nets.unet import ScoreUNet
 
-__all__ = ["CondScoreNet", "net_spec", "make_process", "ACTIVATIONS"]
+__all__ = ["CondScoreNet", "net_spec", "build_score_net", "make_process", "chunk_rows", "ACTIVATIONS"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-def make_process(spec: Mapping[str, Any]):
-    if spec["kind"] == "ve":
-        return VE(sigma_max=spec["sigma_max"])
-    if spec["kind"] == "vp":
-        return VP(beta_min=spec["beta_min"], beta_max=spec["beta_max"])
-    return None
+#: The process of a JSON-able spec (:func:`~bayesinv.diffusion.sde.process_from_spec`), under its older name.
+make_process = process_from_spec
+
+
+def chunk_rows(spec: Mapping[str, Any], chunk_size: int | None = None) -> int:
+    r"""Rows per network batch when sampling a :class:`CondScoreNet` of ``spec``: ``chunk_size``, else 50,000 (MLP) or 512 (U-Net)."""
+    return int(chunk_size or (50_000 if spec["network"] == "mlp" else 512))
 
 
 def _grid(shape: Sequence[int]) -> tuple[int, int, int] | None:
@@ -187,3 +188,12 @@ def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict) -> dict
         spec["embedding"] = {"kind": kind, "dim": cfg.embed_dim, "in_shape": list(_grid(condition.shapes[0]) or ()),
                              "map_channels": int(cfg.embed_map_channels)}  # fmt: skip
     return spec
+
+
+def build_score_net(cfg: Any, target: Layout, condition: Layout, process: dict, x: Tensor, c: Tensor) -> tuple[CondScoreNet, dict]:
+    r"""The :class:`CondScoreNet` of :func:`net_spec` with its input preconditioning set from training
+    targets ``x`` ``(N, D)`` and conditions ``c`` ``(N, C)`` (``C = 0``: unconditional), and its spec."""
+    spec = net_spec(cfg, target, condition, process)
+    net = CondScoreNet(spec)
+    net.set_statistics(x, c)
+    return net, spec

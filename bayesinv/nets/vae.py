@@ -2,7 +2,7 @@ r"""The two-stage conditional VAE network of ``method="vae"``: :class:`TwoStageV
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from bayesinv.amortized.layout import Layout
 from bayesinv.nets.embedding import mlp, observation_embedding
 
-__all__ = ["TwoStageVAE", "Stage1Loss", "Stage2Loss"]
+__all__ = ["TwoStageVAE", "Stage1Loss", "Stage2Loss", "vae_architecture"]
 
 
 class TwoStageVAE(nn.Module):
@@ -66,6 +66,27 @@ class TwoStageVAE(nn.Module):
     def regress(self, c: Tensor) -> Tensor:
         r"""f(y): the latent code predicted from the condition, ``(*, k)``."""
         return self.regressor(c)
+
+    @torch.no_grad()
+    def set_spread(self, x: Tensor, c: Tensor) -> None:
+        r"""Sets the latent spread r to the root mean square of the residuals :math:`z - f(y)` of pairs ``(x, c)``."""
+        dev = self.z_spread.device
+        resid = self.encode_sample(x.to(dev)) - self.regress(c.to(dev))
+        self.z_spread.copy_(resid.square().mean(0).sqrt())
+
+    def sample(self, c: Tensor, n: int, spread: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        r"""Decoded latent draws :math:`\Psi(f(y) + \lambda r \odot \varepsilon)` for conditions ``(B, C)``: ``(B, n, D)``."""
+        z0 = self.regress(c)  # (B, k)
+        eps = torch.randn((c.shape[0], n, z0.shape[-1]), generator=generator, device=c.device)
+        return self.decoder(z0.unsqueeze(1) + spread * self.z_spread * eps)
+
+
+def vae_architecture(cfg: Any, target: Layout, condition: Layout) -> dict[str, Any]:
+    r"""The JSON-able arguments of :class:`TwoStageVAE` (saved with a posterior) for a config with the fields
+    ``latent_dim`` (``None``: ``min(D, 32)``), ``hidden``, ``regressor_hidden``, ``embedding`` and ``embed_dim``."""
+    k = cfg.latent_dim if cfg.latent_dim is not None else min(target.dim, 32)
+    return dict(x_dim=target.dim, c_dim=condition.dim, latent_dim=k, hidden=list(cfg.hidden),
+                regressor_hidden=list(cfg.regressor_hidden), embedding=cfg.embedding, embed_dim=cfg.embed_dim)  # fmt: skip
 
 
 def _encode(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
