@@ -388,3 +388,18 @@ def test_train_options_replaces_the_class_defaults_and_refuses_bad_defaults():
         train_options(dict(lr=-1.0))
     with pytest.raises(OptionError, match="lr_schedule"):
         train_options(dict(lr_schedule="linear"))
+
+
+def test_normalised_values_round_trip_and_choose_sample_option(posts):
+    from bayesinv.amortized.fit import choose_sample_option
+    from bayesinv.amortized.layout import from_normalised, to_normalised
+
+    post = posts["vae"]
+    values = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
+    x = to_normalised({"theta": values}, post.target, post.transforms, post.x_norm, post.device)
+    assert x.shape == (2, 2)
+    torch.testing.assert_close(from_normalised(x, post.target, post.transforms, post.x_norm)["theta"], values, rtol=1e-6, atol=1e-6)
+    y = observation("vae", 5)
+    truth = post.reconstruct(y)["theta"]  # the draws of spread=0 are the reconstruction itself: MSE 0
+    best, table = choose_sample_option(post, "spread", [1.0, 0.0], y, truth, seed=0)
+    assert best == 0.0 and table[0.0] == pytest.approx(0.0, abs=1e-12) and table[1.0] > 0

@@ -270,3 +270,47 @@ def test_ncsn_loss_exact_vs_zero_score_and_mask():
     seen = {}
     ncsn_loss(lambda x, y, sigma, mask: (seen.setdefault("mask", mask), x)[1], x0[:4], None, sigmas, mask=torch.ones(4, 3))
     assert seen["mask"].shape == (4, 3)
+
+
+def test_step_time_is_where_the_last_steps_of_the_grid_start():
+    from bayesinv.diffusion.samplers import step_time
+
+    proc, zero = VE(sigma_max=5.0), lambda x, t: torch.zeros_like(x)
+    full, part = [], []
+    x = torch.zeros(3, 2)
+    predictor_corrector(zero, x, proc, steps=10, t_min=1e-3, callback=lambda d: full.append(float(d["t"])))
+    predictor_corrector(zero, x, proc, steps=4, t_min=1e-3, t_start=step_time(4, 10, 1e-3), callback=lambda d: part.append(float(d["t"])))
+    assert part == pytest.approx(full[-4:], rel=1e-6)
+
+
+@pytest.mark.parametrize("spec", [{"kind": "ve", "sigma_max": 5.0}, {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0}])
+def test_reverse_sample_runs_the_named_sampler_with_its_defaults(spec):
+    from bayesinv.amortized.method import ReverseOptions
+    from bayesinv.diffusion.samplers import reverse_sample
+    from bayesinv.diffusion.sde import process_from_spec
+
+    proc = process_from_spec(spec)
+    score = gaussian_score(proc)
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    options = ReverseOptions(steps=20)  # the rest None: the defaults
+    direct = {
+        "ode": probability_flow_ode(score, x, proc, rtol=1e-5, atol=1e-5, power=2.0, t_min=1e-3, denoise=True),
+        "sde": reverse_sde(score, x, proc, steps=20, t_min=1e-3, denoise=True, generator=torch.Generator().manual_seed(1)),
+        "pc": predictor_corrector(score, x, proc, steps=20, t_min=1e-3, denoise=True, generator=torch.Generator().manual_seed(1)),
+    }
+    for name, ref in direct.items():
+        out = reverse_sample(name, score, x, spec, options, t_min=1e-3, generator=torch.Generator().manual_seed(1))
+        assert out.nfe == ref.nfe and torch.equal(out.x, ref.x), name
+
+
+def test_initial_draws_follow_the_centred_start():
+    from bayesinv.diffusion.samplers import initial_draws
+
+    spec, mean = {"kind": "vp", "beta_min": 0.1, "beta_max": 5.0}, torch.tensor([2.0, -1.0])
+    proc = VP(beta_min=0.1, beta_max=5.0)
+    x = initial_draws(spec, (20_000, 2), mean=mean, generator=torch.Generator().manual_seed(0))
+    m1, s1 = float(proc.mean_scale(1.0)), float(proc.sigma(1.0))
+    assert x.mean(0).tolist() == pytest.approx((m1 * mean).tolist(), abs=0.03)  # 4 standard errors of the mean
+    assert x.std(0).tolist() == pytest.approx([s1, s1], rel=0.03)
+    u = initial_draws({"kind": "ncsn", "sigmas": [1.0, 0.1]}, (1000, 2), generator=torch.Generator().manual_seed(0))
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
