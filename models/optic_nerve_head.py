@@ -21,7 +21,8 @@ mechanics (eq. 23, Tables 6–7, Figs. 4–6), after Ray et al.:
   :math:`\sum_e [(1 + i\alpha\omega)\,\mu_e/(\rho\omega^2)\,K_e - M_e]`: the element
   matrices, the sparsity pattern and the Dirichlet elimination are computed once per mesh
   (:class:`bayesinv.models.fem.ScaledStiffness`), each draw costs two sparse mat-vecs and
-  one complex sparse LU (SuperLU). ``cells_per_pixel`` refines for the mesh-convergence
+  one complex sparse LU: UMFPACK (through CVXOPT, in the ``fem`` extra) with its symbolic
+  analysis done once, as the pattern never changes; SuperLU without CVXOPT. ``cells_per_pixel`` refines for the mesh-convergence
   check (``benchmarks/optic_nerve_head.py convergence``).
 - **Prior** (Tables 6–7): geometry — lamina cribrosa radius U(0.55, 1.35) mm and thickness
   U(0.16, 0.44) mm; peripapillary sclera thickness U(0.45, 1.15) mm; radius of the globe
@@ -276,20 +277,46 @@ class HelmholtzSolver:
         omega = 2 * math.pi * self.frequency
         # (mu/rho) in m^2/s^2 for mu in kPa is mu itself; gradients in 1/mm: times 1e6 mm^2/m^2
         self._scale = complex(1.0, ALPHA * omega) * 1e6 / omega**2
+        self._pattern, self._symbolic = None, None
 
     def element_moduli(self, params: np.ndarray) -> np.ndarray:
         r"""The shear modulus (kPa) of every triangle for one parameter vector ``(13,)``."""
         return shear_modulus(self._centroids, torch.as_tensor(np.asarray(params, dtype=np.float64))).numpy()
 
-    def nodal(self, params: np.ndarray) -> np.ndarray:
-        r"""The complex P2 solution ``(num_dofs,)`` (mm) for one parameter vector."""
+    def _factorise(self, matrix):
+        r"""A solve function for ``matrix`` (CSC): UMFPACK through CVXOPT, its symbolic analysis once per mesh, else SuperLU."""
         import scipy.sparse.linalg as spla
 
+        try:
+            import cvxopt
+            import cvxopt.umfpack as umfpack
+        except ImportError:  # pragma: no cover - cvxopt is in the fem extra
+            return spla.splu(matrix, permc_spec="MMD_AT_PLUS_A").solve
+        if self._pattern is None:
+            matrix.sort_indices()
+            cols = np.repeat(np.arange(matrix.shape[1]), np.diff(matrix.indptr))
+            self._pattern = tuple(cvxopt.matrix(np.asarray(a, dtype=np.int64).tolist(), tc="i") for a in (matrix.indices, cols))
+            self._symbolic = None
+        m = cvxopt.spmatrix(cvxopt.matrix(np.ascontiguousarray(matrix.data, dtype=np.complex128)), *self._pattern, matrix.shape)
+        if self._symbolic is None:
+            self._symbolic = umfpack.symbolic(m)
+        numeric = umfpack.numeric(m, self._symbolic)
+
+        def solve(rhs: np.ndarray) -> np.ndarray:
+            b = cvxopt.matrix(np.ascontiguousarray(rhs, dtype=np.complex128))
+            umfpack.solve(m, numeric, b)
+            return np.array(b).ravel()
+
+        return solve
+
+    def nodal(self, params: np.ndarray) -> np.ndarray:
+        r"""The complex P2 solution ``(num_dofs,)`` (mm) for one parameter vector."""
         mu_e = self.element_moduli(params)
         coefficient = np.concatenate([self._scale * mu_e, -np.ones(self.num_triangles)])
         s = self.system
-        rhs = s.R @ coefficient
-        x = spla.splu(s.matrix(coefficient), permc_spec="MMD_AT_PLUS_A").solve(rhs)
+        matrix = s.matrix(coefficient)
+        matrix.sort_indices()  # the pattern is the same for every draw: the symbolic analysis is reused
+        x = self._factorise(matrix)(s.R @ coefficient)
         u = s.u_dirichlet.astype(np.complex128)
         u[s.free] = x
         return u
