@@ -138,13 +138,15 @@ def to_inference_data(
 
 def resampled_chains(num_draws: int, num_chains: int = 4) -> int:
     r"""The number of chains resampled draws are split into: the largest of ``num_chains``, ..., 2
-    that divides ``num_draws`` into chains of at least 4 draws (ArviZ's minimum for R-hat), else 1.
+    that divides ``num_draws`` into chains of at least 4 draws (ArviZ's minimum for R-hat), else
+    the smallest such divisor up to ``2 * num_chains + 2``, else 1 (e.g. a prime number of draws).
 
     Example:
-        >>> resampled_chains(4000), resampled_chains(999), resampled_chains(7)
-        (4, 3, 1)
+        >>> resampled_chains(4000), resampled_chains(999), resampled_chains(1001), resampled_chains(7)
+        (4, 3, 7, 1)
     """
-    for chains in range(num_chains, 1, -1):
+    candidates = list(range(num_chains, 1, -1)) + list(range(num_chains + 1, 2 * num_chains + 3))
+    for chains in candidates:
         if num_draws % chains == 0 and num_draws // chains >= 4:
             return chains
     return 1

@@ -129,7 +129,7 @@ def test_resampled_layout_keeps_the_draws_and_groups_repeats():
     assert runs == len(np.unique(idx)) == attrs["num_distinct_draws"]
     assert attrs["draws_layout"] == "resampled" and attrs["ess"] == 12.0
     assert "importance ESS 12.0" in attrs["draws_note"] and "sample_stats['ess']" in attrs["draws_note"]
-    assert [resampled_chains(n) for n in (4000, 999, 1001, 10, 7)] == [4, 3, 1, 2, 1]
+    assert [resampled_chains(n) for n in (4000, 999, 1001, 10, 7, 997)] == [4, 3, 7, 2, 1, 1]
 
 
 def test_importance_inference_data_is_honest_in_arviz(caplog):

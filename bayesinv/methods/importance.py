@@ -143,8 +143,8 @@ def importance(
         min_ess: Warn when the effective sample size falls below this.
 
     Returns:
-        :class:`Draws`: the resampled draws with repeats laid out consecutively, split into up
-        to 4 chains (:func:`bayesinv.idata.resampled_layout`: ArviZ's ESS and R-hat then count
+        :class:`Draws`: the resampled draws with repeats laid out consecutively, split into
+        chains (4 for a multiple of 4 draws; :func:`bayesinv.idata.resampled_layout`: ArviZ's ESS and R-hat then count
         the repeats); ``sample_stats`` holds each draw's normalised log weight and the run's
         ESS, ESS fraction, number of proposals and log evidence; ``attrs`` the ESS, the
         number of distinct draws and ``draws_note``, which says what ArviZ's numbers mean.
