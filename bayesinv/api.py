@@ -3,15 +3,15 @@ r"""The public entry points: :func:`infer` and :func:`fit`."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
-
-from bayesinv._arviz import az
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from bayesinv._checks import check_count, check_seed
-from bayesinv.idata import to_inference_data
 from bayesinv.errors import OptionError
 from bayesinv.problem import Problem, ProblemError, as_problem
 from bayesinv.registry import MethodSpec, get_method
+
+if TYPE_CHECKING:  # ArviZ (and SciPy, matplotlib through it) loads when infer() builds its result
+    from bayesinv._arviz import az
 
 __all__ = ["infer", "fit"]
 
@@ -119,6 +119,8 @@ def infer(
     sample_time = time.perf_counter() - t0
     attrs = {"sample_time_s": sample_time, "fit_time_s": 0.0, "num_simulations": 0}
     attrs.update(draws.attrs)
+    from bayesinv.idata import to_inference_data
+
     return to_inference_data(
         draws.posterior,
         observed={k: v for k, v in y_checked.items()},
