@@ -1,9 +1,13 @@
 r"""The one learned-method layer: training pairs → layouts and normalisers, the seeded fit with the
 shared training loop and its info record, the posterior object, save/load.
 
-A learned method (``bayesinv/methods/cond_score.py``, ``flow.py``, ``vae.py``, ``csd_star.py``)
-supplies an :class:`AmortizedMethod` record: a frozen config, a network builder, its loss and
-its sampler with a frozen sampler config.
+A learned method (``bayesinv/methods/cond_score.py``, ``flow.py``, ``flow_matching.py``, ``vae.py``,
+``csd_star.py``) supplies an :class:`AmortizedMethod` record: a frozen config, a network builder, its
+loss and its sampler with a frozen sampler config. Configs are composed of the option groups of
+:mod:`bayesinv.amortized.method` — the training fields (:class:`TrainOptions`, with the method's
+``TRAIN_DEFAULTS`` through :func:`train_options`), the score networks' (``ScoreNetOptions``,
+``UNetOptions``), the diffusion processes' (``ProcessOptions``, ``NCSNOptions``) and the samplers'
+(``ODEOptions``, ``PCOptions``, ``ReverseOptions``) — each validated by one shared check.
 """
 
 from bayesinv.amortized.fit import INFO_KEYS, fit_posterior

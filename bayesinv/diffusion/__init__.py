@@ -7,6 +7,7 @@ from bayesinv.diffusion.samplers import (
     initial_draws,
     predictor_corrector,
     probability_flow_ode,
+    reverse_from,
     reverse_sample,
     reverse_sde,
     step_time,
@@ -37,6 +38,7 @@ __all__ = [
     "probability_flow_ode",
     "predictor_corrector",
     "reverse_sample",
+    "reverse_from",
     "step_time",
     "tweedie_denoise",
 ]

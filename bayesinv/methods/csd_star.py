@@ -36,11 +36,11 @@ from torch import Tensor, nn
 from bayesinv.amortized.fit import choose_sample_option
 from bayesinv.amortized.layout import Layout, from_normalised, to_normalised
 from bayesinv.amortized.method import (
-    AmortizedMethod, PCOptions, ProcessOptions, UNetOptions, check_float, check_int, map_rows, register_amortized, train_options,
+    AmortizedMethod, PCOptions, ProcessOptions, UNetOptions, check_float, check_int, register_amortized, train_options,
     to_json,
 )  # fmt: skip
 from bayesinv.amortized.posterior import AmortizedPosterior
-from bayesinv.diffusion import predictor_corrector, score_objective, step_time
+from bayesinv.diffusion import reverse_from, score_objective, step_time
 from bayesinv.errors import OptionError, ProblemError
 from bayesinv.nets.score import CondScoreNet, build_score_net, make_process
 
@@ -190,11 +190,11 @@ def loss(cfg: CSDStarConfig, net: nn.Module, settings: Mapping[str, Any]):
 
 
 def sample(post: CSDStarPosterior, c: Tensor, n: int, generator: torch.Generator, scfg: CSDStarSampler) -> tuple[Tensor, dict]:
-    r"""K′ predictor–corrector steps from the diffused reconstruction: ``(B, n, D)``."""
+    r"""K′ predictor–corrector steps from the diffused reconstruction (:func:`~bayesinv.diffusion.samplers.reverse_from`): ``(B, n, D)``."""
     cfg = post.config
     get = lambda name: cfg[name] if getattr(scfg, name) is None else getattr(scfg, name)  # noqa: E731
     steps, insert_step, t_min = int(get("steps")), int(scfg.insert_step or post.insert_step), float(get("t_min"))
-    t_start = post.insert_time(insert_step, steps, t_min)
+    t_start = post.insert_time(insert_step, steps, t_min)  # refuses a K′ outside 1..K
     if scfg.start is not None:
         x_gn = post._normalise_start(scfg.start)
     else:  # c is the raw observation (the condition normaliser is the identity)
@@ -202,19 +202,14 @@ def sample(post: CSDStarPosterior, c: Tensor, n: int, generator: torch.Generator
     B, D = c.shape[0], post.target.dim
     if x_gn.shape[0] != B:
         raise ProblemError(f"start= holds {x_gn.shape[0]} reconstructions for {B} observations")
-    proc, t = post.process, torch.tensor(t_start)
-    x = proc.perturb(x_gn.repeat_interleave(n, 0), t, torch.randn((B * n, D), generator=generator, device=post.device))
-    empty = torch.zeros(0, device=post.device)
-    pc = dict(steps=insert_step, t_start=t_start, corrector_steps=int(get("corrector_steps")), snr=float(get("snr")),
-              t_min=t_min, denoise=True if scfg.denoise is None else bool(scfg.denoise), generator=generator)  # fmt: skip
-
-    def run(x_chunk: Tensor, _c: Tensor):
-        return predictor_corrector(lambda x_, level: post.net(x_, empty, level), x_chunk, proc, **pc)
-
-    out, nfe = map_rows(run, x, c, torch.arange(B, device=c.device).repeat_interleave(n), int(scfg.chunk_size or 512))
-    stats = {"sampler": "pc", "insert_step": insert_step, "steps": steps, "t_insert": t_start, "nfe": nfe,
-             "sigma_insert": float(proc.sigma(t))}  # fmt: skip
-    return torch.cat(out).reshape(B, n, D), stats
+    empty, proc = torch.zeros(0, device=post.device), post.process
+    res = reverse_from(lambda x_, level: post.net(x_, empty, level), x_gn.repeat_interleave(n, 0), proc, insert_step=insert_step,
+                       steps=steps, t_min=t_min, corrector_steps=int(get("corrector_steps")), snr=float(get("snr")),
+                       denoise=True if scfg.denoise is None else bool(scfg.denoise), generator=generator,
+                       chunk_size=int(scfg.chunk_size or 512))  # fmt: skip
+    stats = {"sampler": "pc", "insert_step": insert_step, "steps": steps, "t_insert": t_start, "nfe": res.nfe,
+             "sigma_insert": float(proc.sigma(torch.tensor(t_start)))}  # fmt: skip
+    return res.x.reshape(B, n, D), stats
 
 
 def choose_insert_step(
