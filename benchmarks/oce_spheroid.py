@@ -231,12 +231,93 @@ def reference(args) -> dict:
     return out
 
 
+def _z_summary(params: dict) -> tuple[np.ndarray, np.ndarray]:
+    r"""Posterior mean and sd in the located coordinates (width, ratio, x, y, ln(E_s/E_h), E_h, d) from a reference summary."""
+    mean = [params["width"][0][0], params["ratio"][0][0], *params["center"][0], params["log10_ratio"][0][0] * np.log(10),
+            params["E_hydrogel"][0][0], params["top_displacement"][0][0]]
+    sd = [params["width"][1][0], params["ratio"][1][0], *params["center"][1], params["log10_ratio"][1][0] * np.log(10),
+          params["E_hydrogel"][1][0], params["top_displacement"][1][0]]
+    return np.asarray(mean), np.asarray(sd)
+
+
+def mcmc(args) -> dict:
+    r"""Gradient-free MCMC (``method="mcmc"``) on the reduced variant against the importance-sampling references.
+
+    The chains run on :meth:`OCESpheroid.located_model` (the same posterior in whitened
+    coordinates) centred on the reference's posterior mean with ``--init-spread`` times its
+    sd, so they start dispersed around the located region and must find the posterior
+    themselves; the Metropolis target is the exact wrapped-phase posterior.
+    """
+    import json
+
+    from _common import RESULTS
+
+    problem = _reduced(args)
+    refs = json.loads((RESULTS / "oce_reference.json").read_text())["result"]["tests"]
+    rows = []
+    for i in range(args.first, args.num_test):
+        ref = np.load(OUT / f"reference_{i}.npz")
+        theta, y = problem.draw(seed=100 + i)
+        np.testing.assert_allclose(y, ref["y"], atol=1e-5)
+        del theta
+        mean, sd = _z_summary(refs[i]["params_wrapped"])
+        model = problem.located_model(mean, args.init_spread * sd)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata = bayesinv.infer(model, y, method="mcmc", num_samples=args.num_samples, num_chains=args.num_chains,
+                                   warmup_steps=args.warmup, thin=args.thin, seed=i, progress=False, target=["w"])
+        elapsed = time.perf_counter() - t0
+        w = torch.as_tensor(idata.posterior["w"].values.reshape(-1, 7), dtype=torch.float64)
+        z = torch.as_tensor(mean) + torch.as_tensor(args.init_spread * sd) * w
+        sites = oce._from_z(z)
+        E_rel = oce.homogeneous_field(64, sites["width"], sites["ratio"], sites["center"], torch.exp(z[:, 4]),
+                                      torch.ones(len(z), dtype=torch.float64))
+        lr = np.log10(E_rel.numpy())
+        m, s = lr.mean(0), lr.std(0)
+        p_ref = refs[i]["params_wrapped"]
+        shift, sd_ratio = {}, {}
+        for k in ("width", "ratio", "center", "top_displacement"):
+            v = sites[k].numpy().reshape(len(z), -1)
+            rm, rs = np.asarray(p_ref[k][0]), np.asarray(p_ref[k][1])
+            shift[k] = (np.abs(v.mean(0) - rm) / rs).tolist()
+            sd_ratio[k] = (v.std(0) / rs).tolist()
+        ratio = (z[:, 4] / np.log(10)).numpy()
+        rm, rs = p_ref["log10_ratio"][0][0], p_ref["log10_ratio"][1][0]
+        shift["log10_ratio"], sd_ratio["log10_ratio"] = [abs(ratio.mean() - rm) / rs], [ratio.std() / rs]
+        row = {"seed": 100 + i, "mean_rmse_vs_importance": _rmse(m, ref["mean"]), "std_rmse_vs_importance": _rmse(s, ref["std"]),
+               "mean_rmse_vs_truth": _rmse(m, ref["truth"]), "importance_mean_rmse_vs_truth": _rmse(ref["mean"], ref["truth"]),
+               "param_shift_in_importance_sd": shift, "param_sd_ratio": sd_ratio, "time_s": elapsed,
+               "acceptance": float(idata.posterior.attrs.get("acceptance_rate", np.nan)),
+               "attrs": {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in idata.posterior.attrs.items()
+                         if k in ("max_rhat", "min_ess_bulk", "num_modes", "thin", "acceptance_rate")}}
+        np.savez(OUT / f"mcmc_{i}.npz", mean=m, std=s)
+        (OUT / f"mcmc_{i}.json").write_text(json.dumps(row))
+        worst = max(max(v) for v in shift.values())
+        print(f"test {i}: mcmc vs importance: mean RMSE {row['mean_rmse_vs_importance']:.4f}, std RMSE "
+              f"{row['std_rmse_vs_importance']:.4f}; largest parameter shift {worst:.2f} importance sd; "
+              f"sd ratios {np.round([v[0] for v in sd_ratio.values()], 2)}; {row['attrs']}; {elapsed:.0f} s", flush=True)
+        rows.append(row)
+    out = {"tests": rows, "num_chains": args.num_chains, "warmup": args.warmup, "num_samples": args.num_samples,
+           "thin": args.thin, "init_spread": args.init_spread}
+    for key in ("mean_rmse_vs_importance", "std_rmse_vs_importance", "mean_rmse_vs_truth", "importance_mean_rmse_vs_truth",
+                "time_s"):
+        out[key] = float(np.mean([r[key] for r in rows]))
+    out["largest_param_shift_in_importance_sd"] = float(max(max(max(v) for v in r["param_shift_in_importance_sd"].values())
+                                                            for r in rows))
+    print(f"| mcmc vs importance | mean RMSE {out['mean_rmse_vs_importance']:.4f} | std RMSE {out['std_rmse_vs_importance']:.4f} |"
+          f" largest parameter shift {out['largest_param_shift_in_importance_sd']:.2f} sd |")
+    return out
+
+
 def _options(args) -> dict:
     r"""cond_score fit options (keyword arguments of the public ``bayesinv.fit``)."""
     if getattr(args, "published", False):  # Table 2, § 4.2.3: NCSN, annealed Langevin
         return dict(network="unet", process="ncsn", sigma_1=120.0, sigma_L=0.01, num_levels=680, steps_per_level=5,
-                    eps=5.7e-6, lr=1e-4, batch_size=32, max_steps=300_000, max_epochs=None, patience=None, val_fraction=0.2)
-    return dict(network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
+                    eps=5.7e-6, lr=1e-4, batch_size=32, max_steps=300_000, max_epochs=None, patience=None, val_fraction=0.2,
+                **({"build": oce.phase_feature_build} if getattr(args, "features", False) else {}))
+    extra = {"build": oce.phase_feature_build} if getattr(args, "features", False) else {}
+    return dict(network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults), **extra,
                 batch_size=args.batch_size, max_epochs=None, max_steps=args.max_steps, lr=args.lr, ema_decay=args.ema,
                 patience=None, val_fraction=0.05, t_min=args.t_min)
 
@@ -247,7 +328,7 @@ def cond_score(args) -> dict:
     data = {k: torch.as_tensor(np.asarray(ds[k].values)) for k in ("E_rel", "y")}
     t0 = time.perf_counter()
     post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
-                        seed=0, progress=False, device="cpu", **_options(args))
+                        seed=0, progress=None, device="cpu", **_options(args))
     fit_time = time.perf_counter() - t0
     print(f"fit: {fit_time:.0f} s", flush=True)
     rows = []
@@ -307,7 +388,7 @@ def full(args) -> dict:
     data = {k: torch.as_tensor(np.asarray(train[k].values)) for k in ("E_rel", "y")}
     t0 = time.perf_counter()
     post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
-                        seed=0, progress=False, device=args.device, **_options(args))
+                        seed=0, progress=None, device=args.device, **_options(args))
     fit_time = time.perf_counter() - t0
     print(f"fit on {int(data['E_rel'].shape[0])} pairs: {fit_time:.0f} s", flush=True)
     n = args.image_size
@@ -343,7 +424,7 @@ def full(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["convergence", "throughput", "wrap", "reference", "cond_score", "full"])
+    parser.add_argument("what", choices=["convergence", "throughput", "wrap", "reference", "mcmc", "cond_score", "full"])
     parser.add_argument("--num-draws", type=int, default=None)
     parser.add_argument("--element-sizes", type=float, nargs="+", default=[8.0, 4.0])
     parser.add_argument("--element-size", type=float, default=16.0,
@@ -363,8 +444,16 @@ def main() -> None:
     parser.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2, 2])
     parser.add_argument("--t-min", type=float, default=1e-3)
     parser.add_argument("--augment", action="store_true", help="full: sixfold augmentation of the training draws")
+    parser.add_argument("--features", action="store_true",
+                        help="cond_score/full: the network sees the wrapped phase through oce.phase_features (cos, sin, wrapped differences)")
     parser.add_argument("--published", action="store_true", help="full: the Table 2 settings (GPU)")
     parser.add_argument("--simulate-only", action="store_true", help="full: only simulate (resumably) the training and test draws")
+    parser.add_argument("--num-chains", type=int, default=4, help="mcmc: chains")
+    parser.add_argument("--first", type=int, default=0, help="mcmc: the first test observation (run a range in parallel)")
+    parser.add_argument("--warmup", type=int, default=500, help="mcmc: warm-up steps per chain")
+    parser.add_argument("--num-samples", type=int, default=250, help="mcmc: kept draws per chain")
+    parser.add_argument("--thin", type=int, default=2, help="mcmc: keep every thin-th step")
+    parser.add_argument("--init-spread", type=float, default=3.0, help="mcmc: starting spread in reference posterior sds")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default=None)
@@ -372,6 +461,9 @@ def main() -> None:
     if args.num_draws is None:
         args.num_draws = {"convergence": 3, "throughput": 5, "wrap": 200, "full": 16}.get(args.what, 32)
     set_threads(args.threads)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     payload = {"meta": metadata(MACHINE), "args": vars(args)}
     payload["result"] = globals()[args.what](args)
     path = write_results(f"oce_{args.what}" + (f"_{args.tag}" if args.tag else ""), payload)

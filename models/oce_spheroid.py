@@ -81,6 +81,8 @@ __all__ = [
     "pixel_centres",
     "ellipse_polygon",
     "ellipse_distance",
+    "target_nuclei",
+    "packing_bound",
     "place_nuclei",
     "spheroid_labels",
     "spheroid_field",
@@ -89,6 +91,9 @@ __all__ = [
     "solve_unit_displacement",
     "phase_difference",
     "wrap_fraction",
+    "phase_features",
+    "PhaseFeatureNet",
+    "phase_feature_build",
     "augment",
     "OCESpheroid",
     "make_problem",
@@ -231,6 +236,26 @@ def ellipse_distance(points: np.ndarray, a: float, b: float) -> np.ndarray:
     return np.hypot(a * a * y0 / (s + c) - y0, b * b * y1 / s - y1)
 
 
+def target_nuclei(width: float, ratio: float, density: float) -> int:
+    r"""The target number of nuclei, round(density × ellipse area) (density in mm⁻², lengths in µm)."""
+    a, b = 0.5 * float(width), 0.5 * float(width) * float(ratio)
+    return int(round(float(density) * 1e-6 * math.pi * a * b))
+
+
+def packing_bound(width: float, ratio: float, radius: float, spacing: float = MIN_SPACING) -> float:
+    r"""The most nuclei of one ``radius`` with ``spacing`` µm gaps that the densest packing could fit in the ellipse.
+
+    Nuclei ``spacing`` apart are disjoint disks of radius r + spacing/2; no packing of equal
+    disks is denser than the hexagonal one, π/√12 (Thue, Fejes Tóth), so at most
+    π a b / (√12 (r + spacing/2)²) fit (boundary effects only lower it). At the mean
+    radius 7.5 µm this is 3,995 per mm², below Table 11's lowest density of 4,000 mm⁻²:
+    the published target count is out of reach for every prior draw, which is why
+    :func:`place_nuclei` places fewer (docs/physics_models.md).
+    """
+    a, b = 0.5 * float(width), 0.5 * float(width) * float(ratio)
+    return math.pi * a * b / (math.sqrt(12.0) * (float(radius) + spacing / 2) ** 2)
+
+
 def place_nuclei(width: float, ratio: float, center: np.ndarray, density: float, radii: np.ndarray, u: np.ndarray,
                  *, spacing: float = MIN_SPACING, lattice: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     r"""The paper's sequential nuclei placement inside the ellipse.
@@ -241,6 +266,13 @@ def place_nuclei(width: float, ratio: float, center: np.ndarray, density: float,
     every nucleus already placed; of the ``m`` valid points it takes the one at index
     ``⌊u_i m⌋``. Placement stops at the target count or at the first candidate with no
     valid point.
+
+    The target is out of reach: even the densest packing holds fewer nuclei than
+    Table 11's density asks for (:func:`packing_bound`), and random sequential placement
+    jams well below that packing. Over 200 prior draws the target is 21–55 (mean 37.5),
+    the placement puts 8–25 (mean 15.6), 30–52 % of the target (mean 41.6 %); the
+    hexagonal bound at the mean radius would be 30.2 on average. What Table 11 fixes
+    exactly (radii, gaps, the ellipse) is kept; the density only sets the attempt count.
 
     Arguments:
         width: Spheroid width (µm), the ellipse's horizontal axis.
@@ -257,7 +289,7 @@ def place_nuclei(width: float, ratio: float, center: np.ndarray, density: float,
     """
     a, b = 0.5 * float(width), 0.5 * float(width) * float(ratio)
     center = np.asarray(center, dtype=np.float64)
-    target = int(round(float(density) * 1e-6 * math.pi * a * b))
+    target = target_nuclei(width, ratio, density)
     if target > len(radii):
         raise ValueError(f"{target} nuclei wanted but only {len(radii)} candidates (MAX_NUCLEI)")
     gx = np.arange(-a, a + lattice / 2, lattice)
@@ -503,6 +535,83 @@ def wrap_fraction(phase: Any) -> float:
     r"""The fraction of pixels whose clean phase lies outside (−π, π] (that wrapping changes)."""
     phase = torch.as_tensor(np.asarray(phase) if not isinstance(phase, torch.Tensor) else phase, dtype=torch.float64)
     return float((wrap_phase(phase) != phase).double().mean())
+
+
+# ------------------------------------------------------------ wrapped-phase features
+
+
+def phase_features(y: torch.Tensor) -> torch.Tensor:
+    r"""Four wrap-invariant channels of wrapped phase images ``(*, n, n)`` (rad): ``(*, 4, n, n)``.
+
+    cos y, sin y (continuous across the ±π jump of the raw phase) and the wrapped
+    differences between neighbouring pixels along rows and columns,
+    arg exp(i (y[r+1, c] − y[r, c])) and arg exp(i (y[r, c+1] − y[r, c])) (the last row /
+    column repeats the one before). The vertical difference is the local strain times
+    4π n_r h / λ₀ plus noise: the quantity that carries the stiffness contrast, which
+    the raw wrapped phase hides under fringes of the top displacement.
+    """
+    dr = wrap_phase(y[..., 1:, :] - y[..., :-1, :])
+    dc = wrap_phase(y[..., :, 1:] - y[..., :, :-1])
+    dr = torch.cat([dr, dr[..., -1:, :]], -2)
+    dc = torch.cat([dc, dc[..., :, -1:]], -1)
+    return torch.stack([torch.cos(y), torch.sin(y), dr, dc], -3)
+
+
+class PhaseFeatureNet(torch.nn.Module):
+    r"""cond_score's score network with the observation seen through :func:`phase_features` (a ``build=`` network).
+
+    The condition the fit passes in is the min-max normalised wrapped phase (flat); it is
+    mapped back to radians, turned into the four feature channels and given to an
+    ordinary :class:`~bayesinv.nets.score.CondScoreNet` U-Net with four y channels.
+    Build it with :func:`phase_feature_build`.
+    """
+
+    def __init__(self, inner: torch.nn.Module, shift: torch.Tensor, scale: torch.Tensor, image_size: int):
+        super().__init__()
+        self.inner, self.image_size = inner, int(image_size)
+        self.register_buffer("c_shift", torch.as_tensor(shift, dtype=torch.float32).reshape(-1))
+        self.register_buffer("c_scale", torch.as_tensor(scale, dtype=torch.float32).reshape(-1))
+
+    @property
+    def x_mean(self) -> torch.Tensor:  # the samplers centre their start on it
+        return self.inner.x_mean
+
+    def features(self, c: torch.Tensor) -> torch.Tensor:
+        r"""Normalised flat conditions ``(*, n²)`` → flat features ``(*, 4 n²)``."""
+        n = self.image_size
+        y = c * self.c_scale.to(c.dtype) + self.c_shift.to(c.dtype)
+        return phase_features(y.reshape(*c.shape[:-1], n, n)).reshape(*c.shape[:-1], 4 * n * n)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return self.inner(x, self.features(c), level)
+
+
+def phase_feature_build(cfg: Any, pairs: Any) -> PhaseFeatureNet:
+    r"""``build=`` for ``bayesinv.fit(method="cond_score", network="unet")`` on an OCE model: :class:`PhaseFeatureNet`.
+
+    Example:
+        >>> post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=ds,
+        ...                     transforms={"E_rel": "log10"}, network="unet", build=phase_feature_build)
+
+    A posterior fitted with ``build=`` cannot be saved with ``post.save``.
+    """
+    from bayesinv.methods.cond_score import build as score_build
+    from bayesinv.nets.score import CondScoreNet
+
+    if cfg.network != "unet" or cfg.process == "ncsn" and cfg.sigma_1 is None:
+        raise ValueError("phase_feature_build needs network='unet' (and, with process='ncsn', an explicit sigma_1)")
+    if len(pairs.condition.names) != 1 or len(pairs.condition.shapes[0]) != 2:
+        raise ValueError(f"phase_feature_build needs one (n, n) phase observation, got {dict(zip(pairs.condition.names, pairs.condition.shapes))}")
+    _, settings = score_build(cfg, pairs, 0)
+    n = int(pairs.condition.shapes[0][-1])
+    spec = dict(settings["net"])
+    spec.update(c_dim=4 * n * n, grid_slices=[[0, 4 * n * n, 4]])
+    inner = CondScoreNet(spec)
+    net = PhaseFeatureNet(inner, pairs.c_norm.shift, pairs.c_norm.scale, n)
+    sub = pairs.c[: min(len(pairs.c), 2000)]
+    with torch.no_grad():
+        inner.set_statistics(pairs.x, net.features(sub.float()))
+    return net
 
 
 # ---------------------------------------------------------------------- augmentation
@@ -762,6 +871,65 @@ class OCESpheroid:
                 y = WrappedPhase(torch.as_tensor(out["phase"]), self._k.double()).sample().numpy()
         return out, y
 
+
+    # -- the reduced variant in located coordinates (for gradient-free MCMC)
+    def located_model(self, mean: Any, scale: Any):
+        r"""The homogeneous variant's model in whitened coordinates around a located region: the same posterior.
+
+        The latent site is ``w`` (7,) ~ N(0, I), mapped to
+        z = ``mean`` + ``scale`` · w in the coordinates (width, ratio, x, y,
+        ln(E_spheroid / E_hydrogel), E_hydrogel, top displacement), and a
+        ``pyro.factor`` replaces the N(0, I) density by the Table-11 prior of θ(z) with its
+        Jacobian (|∂E_spheroid/∂z₄| = E_spheroid; the constant ∏ scale drops out):
+
+        .. math:: p(w \mid y) \propto p_\theta(\theta(z(w)))\, E_s(z)\, p(y \mid \theta(z(w)))
+
+        so ``θ(z(w))`` has exactly the posterior of :meth:`model` (a change of variables,
+        nothing is approximated). Only where a sampler *starts* changes: a prior draw of
+        ``w`` lands within a few ``scale`` of ``mean`` instead of anywhere in the prior,
+        whose wrapped-phase likelihood has many separated local modes (a random walk
+        started from the prior stays in the mode it finds first). Use it with
+        ``method="mcmc"``; ``mean`` and ``scale`` come from any locating step (e.g. the
+        search stage of :meth:`reference`, or a point estimate and a generous spread).
+
+        Arguments:
+            mean: ``(7,)`` centre in z coordinates.
+            scale: ``(7,)`` positive spreads in z coordinates.
+
+        Returns:
+            A Pyro model ``model(y=None)`` with latent ``w``, deterministic sites
+            ``width``, ``ratio``, ``center``, ``E_spheroid``, ``E_hydrogel``,
+            ``top_displacement``, ``E``, ``E_rel`` and observed ``y``.
+        """
+        if self.variant != "homogeneous":
+            raise ValueError(f"located_model() needs variant='homogeneous', got {self.variant!r}")
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float64)).reshape(-1)
+        scale = torch.as_tensor(np.asarray(scale, dtype=np.float64)).reshape(-1)
+        if mean.shape != (7,) or scale.shape != (7,) or not bool((scale > 0).all()) or not bool(torch.isfinite(mean).all()):
+            raise ValueError(f"located_model needs a finite mean (7,) and a positive scale (7,), got shapes {tuple(mean.shape)}, "
+                             f"{tuple(scale.shape)}")
+        n = self.image_size
+
+        def model(y: torch.Tensor | None = None) -> torch.Tensor:
+            w = pyro.sample("w", dist.Normal(torch.zeros(7), torch.ones(7)).to_event(1))
+            z = mean.to(w.dtype) + scale.to(w.dtype) * w
+            flat = z.reshape(-1, 7)
+            sites = _from_z(flat)
+            log_p = _log_prior(sites).to(w.dtype) + flat[:, 4] + torch.log(flat[:, 5].abs())  # prior of θ + ln|∂E_s/∂z₄|
+            log_p = log_p.reshape(w.shape[:-1])
+            pyro.factor("located_prior", log_p - dist.Normal(0.0, 1.0).log_prob(w).sum(-1))
+            batch = w.shape[:-1]
+            for k, v in sites.items():
+                pyro.deterministic(k, v.reshape(tuple(batch) + tuple(v.shape[1:])))
+            c, E_s, E_h = sites["center"], sites["E_spheroid"], sites["E_hydrogel"]
+            E = homogeneous_field(n, sites["width"], sites["ratio"], c, E_s, E_h)
+            pyro.deterministic("E", E.reshape(tuple(batch) + (n, n)))
+            E_rel = homogeneous_field(n, sites["width"], sites["ratio"], c, torch.exp(flat[:, 4]), torch.ones_like(E_s))
+            E_rel = pyro.deterministic("E_rel", E_rel.reshape(tuple(batch) + (n, n)))
+            u2 = sites["top_displacement"].reshape(batch)[..., None, None] * self.simulator(E_rel)
+            return pyro.sample("y", self.noise(phase_difference(u2)).to_event(2), obs=y)
+
+        return model
 
     # -- the reduced variant's reference posterior
     def log_likelihood(self, y: Any, top_displacement: Any, u_unit: Any) -> torch.Tensor:
