@@ -81,7 +81,7 @@ def test_infer_importance_on_generated_observations(y):
     idata = _check(lambda: bayesinv.infer(LG.model, y, method="importance", num_samples=20, num_proposals=200,
                                           seed=0, progress=False), "'y'", "y")  # fmt: skip
     if idata is not None:
-        assert idata.posterior["theta"].shape == (1, 20, 2)
+        assert idata.posterior["theta"].shape == (4, 5, 2)  # 20 resampled draws laid out in 4 chains
         assert np.isfinite(idata.posterior["theta"].values).all()
 
 
@@ -93,7 +93,7 @@ def test_infer_importance_on_generated_option_values(name, value):
         options[name] = 100 + value % 400  # a valid large count: keep the run small
     idata = _check(lambda: bayesinv.infer(LG.model, np.zeros(2), method="importance", progress=False, **options), name)
     if idata is not None:  # a valid value went through: it must be what was asked
-        assert idata.posterior.sizes["draw"] == options["num_samples"]
+        assert idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"] == options["num_samples"]
 
 
 @FUZZ_FEW

@@ -205,7 +205,7 @@ def test_importance_reference_concentrates_near_the_true_center():
             idata = problem.reference(y, data=ds, num_samples=500)
         post = idata.posterior["center"].values.reshape(-1, 2)
         assert np.abs(post.mean(0) - truth).max() < 0.01
-        assert idata.posterior["mu"].shape == (1, 500, 56, 56)
+        assert idata.posterior["mu"].shape == (4, 125, 56, 56)  # 500 resampled draws laid out in 4 chains
         spread[noise] = post.std(0).max()
     assert spread[0.025] <= spread[0.10] and spread[0.10] < 0.015
 
