@@ -182,3 +182,20 @@ def _wrong_shape_model(y=None):
 def _always_failing_model(y=None):
     theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
     return pyro.sample("y", dist.Normal(_failing_sim(theta), 0.1).to_event(1), obs=y)
+
+
+def _wide_guide(y=None):
+    pyro.sample("theta", dist.Normal(torch.zeros(2), 1.5).to_event(1))
+
+
+@pytest.mark.parametrize("proposal", [None, _wide_guide])
+def test_importance_on_the_cluster_matches_local(client, proposal):
+    y = torch.tensor([0.8, 0.3])
+    kw = dict(method="importance", num_samples=200, num_proposals=2_400, chunk_size=400, seed=4, proposal=proposal)
+    local = bayesinv.infer(blackbox_model, y, **kw)
+    remote = bayesinv.infer(blackbox_model, y, client=client, **kw)
+    for name in ("theta", "u"):
+        np.testing.assert_array_equal(local.posterior[name].values, remote.posterior[name].values)
+    assert float(local.sample_stats["ess"]) == float(remote.sample_stats["ess"])
+    with pytest.raises(OptionError, match="data=.*client="):
+        bayesinv.infer(blackbox_model, y, method="importance", data=bayesinv.simulate(blackbox_model, 50), client=client)

@@ -11,6 +11,7 @@ noise-free simulator outputs), so an expensive simulator is not run again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -99,6 +100,23 @@ def _proposal_draws(proposal: Any, problem: Problem, y: dict, m: int, seed: int)
     return values, log_q.double()
 
 
+def _remote_batch(problem: Problem, m: int, y: dict, fixed: dict | None, seed: int, log_prior: bool,
+                  target: tuple[str, ...]) -> Any:
+    r"""One chunk's :func:`run_batch` on a Dask worker, cut to what the weighting reads.
+
+    The target values, the densities and the validity mask travel back whole; of each
+    simulator output only one finite entry (or none), which is all the finiteness check needs.
+    """
+    batch = run_batch(problem, m, y=y, fixed=fixed, seed=seed, log_prior=log_prior)
+
+    def witness(out: torch.Tensor) -> torch.Tensor:
+        flat = out.reshape(-1)
+        return flat[:1] if not out.is_floating_point() else flat[torch.isfinite(flat)][:1]
+
+    return dataclasses.replace(batch, values={n: batch.values[n] for n in target},
+                               sim_outputs={k: witness(v) for k, v in batch.sim_outputs.items()})  # fmt: skip
+
+
 def _open_data(data: Any):
     r"""``data=`` as an :class:`xarray.Dataset`, read by :func:`bayesinv.data.open_data` (checked before decoding)."""
     from bayesinv.data import open_data  # imported here: bayesinv.data imports the methods' helpers
@@ -120,6 +138,7 @@ def importance(
     data: Any = None,
     chunk_size: int = 10_000,
     min_ess: float = 100.0,
+    client: Any = None,
 ) -> Draws:
     r"""Self-normalised importance sampling.
 
@@ -141,6 +160,10 @@ def importance(
             values and noise-free simulator outputs are reused instead of simulating.
         chunk_size: Proposals per chunk (bounds memory).
         min_ess: Warn when the effective sample size falls below this.
+        client: A ``dask.distributed`` Client: the chunks' simulations run on its workers
+            (proposals are drawn here, the weights resampled here in chunk order), with the
+            same draws as without it (see :func:`bayesinv.simulate`). Not with ``data=``,
+            which simulates nothing.
 
     Returns:
         :class:`Draws`: the resampled draws with repeats laid out consecutively, split into
@@ -162,6 +185,12 @@ def importance(
         )
     if data is not None and proposal is not None:
         raise OptionError("give either data= or proposal=, not both")
+    if client is not None:
+        from bayesinv._dask import ChunkMap, check_client
+
+        check_client(client, "importance")
+        if data is not None:
+            raise OptionError("give either data= (stored simulations, replayed) or client= (simulations on a Dask cluster), not both")
     ds = _open_data(data) if data is not None else None
     if ds is not None:
         missing = [n for n in problem.latent if n not in ds]
@@ -195,6 +224,17 @@ def importance(
     seen_sims: set[str] = set()
     finite_sims: set[str] = set()
     bar = progress_bar(total, "importance", progress, unit="proposals")
+    remote = None if client is None else ChunkMap(client, problem, _remote_batch, label="importance")
+    drawn: dict[int, tuple[dict, torch.Tensor]] = {}  # proposals of the chunks sent ahead to the Dask workers
+
+    def upcoming(index: int):
+        for i in range(index + 1, -(-total // chunk_size)):
+            m_i = min(chunk_size, total - i * chunk_size)
+            if proposal is not None and i not in drawn:
+                drawn[i] = _proposal_draws(proposal, problem, y, m_i, chunk_seed(seed, 10 * i + 1))
+            fixed_i = drawn[i][0] if proposal is not None else None
+            yield i, m_i, (m_i, y, fixed_i, chunk_seed(seed, 10 * i), proposal is not None, target)
+
     start = 0
     index = 0
     while start < total:
@@ -210,16 +250,20 @@ def importance(
                 if str(v).startswith("_sim_")
             }
         elif proposal is not None:
-            fixed, log_q = _proposal_draws(proposal, problem, y, m, chunk_seed(seed, 10 * index + 1))
-        batch = run_batch(
-            problem,
-            m,
-            y=y,
-            fixed=fixed,
-            replay_sims=replay or None,
-            seed=chunk_seed(seed, 10 * index),
-            log_prior=log_q is not None,
-        )
+            fixed, log_q = drawn.pop(index, None) or _proposal_draws(proposal, problem, y, m, chunk_seed(seed, 10 * index + 1))
+        if remote is not None:
+            args = (m, y, fixed, chunk_seed(seed, 10 * index), log_q is not None, target)
+            batch = remote.get(index, m, args, upcoming(index))
+        else:
+            batch = run_batch(
+                problem,
+                m,
+                y=y,
+                fixed=fixed,
+                replay_sims=replay or None,
+                seed=chunk_seed(seed, 10 * index),
+                log_prior=log_q is not None,
+            )
         log_w = batch.log_lik.clone()
         if log_q is not None:
             log_w = log_w + batch.log_prior - log_q
@@ -238,6 +282,8 @@ def importance(
         index += 1
         bar.update(m)
     bar.close()
+    if remote is not None:
+        remote.close()
     never_finite = sorted(seen_sims - finite_sims)
     if resampler.values is None and never_finite:
         raise SimulationError(
