@@ -737,6 +737,8 @@ def simulate(
         StoreError: ``path`` is a file, a folder that is not a bayesinv store, or a store
             of another configuration (the message says which keys differ and how).
         StoreLockedError: Another live writer holds the store (pid, host and since when).
+        OptionError: ``client=`` is not a ``distributed.Client``, or a simulator of the model
+            has its own process pool (``workers > 1``) and ``client=`` is given.
 
     Example:
         >>> ds = bayesinv.simulate(model, 10_000, seed=0, path="train.zarr")

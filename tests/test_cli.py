@@ -103,7 +103,7 @@ def test_user_errors_are_one_line_and_exit_1(work):
                        cwd=work, check_code=1), "'nosuch' is not a method", "flow")  # fmt: skip
     (work / "bad.npy").write_bytes(b"not numpy")
     one_line_error(run("sample", "post.bayesinv", "--y", "bad.npy", "--out", "c.nc", cwd=work, check_code=1), "bad.npy")
-    one_line_error(run("compare", "a.nc", "nothere.nc", cwd=work, check_code=1), "nothere.nc")
+    one_line_error(run("compare", "nothere.nc", "a.nc", cwd=work, check_code=1), "nothere.nc")
     assert not (work / "q.bayesinv").exists() and not (work / "c.nc").exists()
 
 
