@@ -109,6 +109,7 @@ def infer(
         posterior = spec.fn(problem, target=problem.resolve_target(target), seed=seed, progress=progress, **fit_options)
         fit_time = time.perf_counter() - t0
         idata = posterior.infer(y, num_samples=num_samples, seed=seed, dims=dims, coords=coords, **sample_options)
+        idata.attrs["fit_time_s"] = fit_time  # the top-level attrs as every group's
         for group in idata.groups():
             idata[group].attrs["fit_time_s"] = fit_time
         return idata

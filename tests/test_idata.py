@@ -90,6 +90,11 @@ def test_amortized_posterior_records_top_level_attrs():
     assert idata.attrs["method"] == "flow" and idata.attrs["seed"] == 5 and idata.attrs["fit_seed"] == 4
     assert idata.attrs["num_simulations"] == 200 and idata.attrs["fit_time_s"] == pytest.approx(post.info["fit_time_s"])
     assert json.loads(idata.attrs["options"])["num_samples"] == 30
+    # through infer(): fit and sample in one call, the fit time on the top level as on every group
+    idata = bayesinv.infer(LG.model, Y, method="flow", num_samples=10, num_simulations=200, hidden=(8,), num_transforms=1,
+                           max_epochs=None, max_steps=5, seed=4, progress=False, device="cpu")  # fmt: skip
+    assert idata.attrs["method"] == "flow" and idata.attrs["num_simulations"] == 200
+    assert idata.attrs == {k: idata.posterior.attrs[k] for k in idata.attrs}
 
     summary = post.summary()
     assert summary.method == "flow" and summary.target == {"theta": (2,)} and summary.condition == {"y": (2,)}
