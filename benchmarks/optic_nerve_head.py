@@ -1,14 +1,15 @@
-r"""The optic-nerve-head inverse Helmholtz problem: mesh convergence, solve throughput, prior figure, cond_score.
+r"""The optic-nerve-head inverse Helmholtz problem: mesh convergence, solve throughput, U_MAX, cond_score.
+
+The prior figure (Figs. 4–5) is examples/optic_nerve_head.py.
 
     python benchmarks/optic_nerve_head.py convergence [--draws 3] [--refinements 1 2 3]
     python benchmarks/optic_nerve_head.py throughput [--draws 10]
-    python benchmarks/optic_nerve_head.py prior          # Fig. 4/5-like panels of prior draws
     python benchmarks/optic_nerve_head.py u_max          # recompute U_MAX (200 prior draws)
     python benchmarks/optic_nerve_head.py cond_score --num-train 2000 --num-test 10 --max-steps 1500
 
 Published-size run (a GPU): the paper's 12,000 pairs and Table 2's settings,
 ``python benchmarks/optic_nerve_head.py cond_score --num-train 12000 --num-test 10 --max-steps 200000
---batch-size 64 --device cuda`` (the paper trains 100,000+ epochs; see docs/physics_models.md).
+--batch-size 64 --base-channels 32 --channel-mults 1 2 2 2 --workers 16 --device cuda`` (the paper trains 100,000+ epochs; see docs/physics_models.md).
 Results go to benchmarks/results/optic_nerve_head_*.json.
 """
 
@@ -73,47 +74,93 @@ def throughput(args) -> None:
                                                   "num_dofs": solver.num_dofs, "solves_per_second": 1 / per})
 
 
-def prior(args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    prob = onh.OpticNerveHead()
-    params, mu, y = prob.draw(seed=args.seed, n=5)
-    fig, ax = plt.subplots(3, 5, figsize=(15, 9))
-    for i in range(5):
-        for r, (img, title, cmap) in enumerate([(mu[i], "μ (kPa)", "viridis"), (y[i, 0], "u_R + noise (mm)", "RdBu_r"),
-                                                (y[i, 1], "u_I + noise (mm)", "RdBu_r")]):
-            im = ax[r, i].imshow(img, cmap=cmap, extent=(0, onh.WINDOW, 0, onh.WINDOW))
-            ax[r, i].set_title(title, fontsize=9)
-            fig.colorbar(im, ax=ax[r, i], fraction=0.046)
-    fig.suptitle("optic nerve head: prior draws (top), noisy real and imaginary displacement (4 % noise)")
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = Path(args.figure or OUT / "prior_draws.png")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    print(f"wrote {path}")
-
-
 def u_max(args) -> None:
     value = onh.compute_u_max(num_draws=args.draws, seed=0)
     print(f"U_MAX = {value:.4g} mm over {args.draws} prior draws")
     write_results("optic_nerve_head_u_max", {"meta": metadata(MACHINE), "draws": args.draws, "u_max": value})
 
 
+def normalise(mu: np.ndarray) -> np.ndarray:
+    r"""The paper's [0, 1] scale of the modulus: min-max over the prior's range (background to the stiffest pia)."""
+    lo, hi = onh.MU_BACKGROUND, onh.MODULI["mu_pia"][0] + 2 * onh.MODULI["mu_pia"][1]
+    return (mu - lo) / (hi - lo)
+
+
+def cond_score(args) -> None:
+    import bayesinv
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    prob = onh.OpticNerveHead(workers=args.workers)
+    t0 = time.perf_counter()
+    ds = bayesinv.simulate(prob.model, args.num_train, seed=0, path=OUT / f"joint_{args.num_train}.zarr",
+                           chunk_size=min(100, args.num_train), progress=False, dims=prob.dims)
+    sim_time = time.perf_counter() - t0
+    print(f"{args.num_train} pairs in {sim_time:.0f} s (or loaded)", flush=True)
+    options = dict(network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
+                   batch_size=args.batch_size, max_epochs=None, max_steps=args.max_steps, lr=args.lr, patience=None,
+                   t_min=args.t_min)
+    t0 = time.perf_counter()
+    post = bayesinv.fit(prob.model, method="cond_score", target="mu", data=ds, seed=0, progress=False, device=args.device,
+                        transforms={"mu": ("log10", onh.MU_BACKGROUND)}, **options)
+    fit_time = time.perf_counter() - t0
+    post.save(OUT / f"cond_score_{args.num_train}_{args.max_steps}.bayesinv")
+    print(f"fit {fit_time:.0f} s", flush=True)
+    test = onh.OpticNerveHead()
+    rows = []
+    for i in range(args.num_test):
+        params, mu, y = test.draw(seed=1000 + i)
+        t0 = time.perf_counter()
+        draws = post.sample(torch.as_tensor(y), args.num_draws, seed=i)["mu"].numpy()
+        sample_time = time.perf_counter() - t0
+        x, d = normalise(mu), normalise(draws)
+        m, sd = d.mean(0), d.std(0)
+        lo90, hi90 = np.quantile(d, [0.05, 0.95], axis=0)
+        lo50, hi50 = np.quantile(d, [0.25, 0.75], axis=0)
+        row = {"seed": 1000 + i, "rmse_mean_vs_truth": float(np.sqrt(((m - x) ** 2).mean())),
+               "mean_std": float(sd.mean()), "coverage_90": float(((x >= lo90) & (x <= hi90)).mean()),
+               "coverage_50": float(((x >= lo50) & (x <= hi50)).mean()), "sample_time_s": sample_time}
+        print(f"  test {i}: RMSE {row['rmse_mean_vs_truth']:.4f}, 90 % coverage {row['coverage_90']:.2f}, "
+              f"50 % coverage {row['coverage_50']:.2f}, sample {sample_time:.0f} s", flush=True)
+        rows.append(row)
+    prior_mean = normalise(np.asarray(ds["mu"].values)).mean(0)
+    prior_rmse = float(np.mean([np.sqrt(((prior_mean - normalise(test.draw(seed=1000 + i)[1])) ** 2).mean())
+                                for i in range(args.num_test)]))
+    result = {"num_train": args.num_train, "simulate_s": sim_time, "fit_time_s": fit_time, "info": {
+        k: v for k, v in post.info.items() if isinstance(v, (int, float, str, bool)) or v is None},
+        "rmse_mean_vs_truth": float(np.mean([r["rmse_mean_vs_truth"] for r in rows])),
+        "prior_mean_rmse_vs_truth": prior_rmse,
+        "coverage_90": float(np.mean([r["coverage_90"] for r in rows])),
+        "coverage_50": float(np.mean([r["coverage_50"] for r in rows])),
+        "published_rmse": [0.021, 0.032], "tests": rows}
+    print(f"posterior-mean RMSE {result['rmse_mean_vs_truth']:.4f} (prior mean {prior_rmse:.4f}; published 0.021, 0.032 "
+          f"on two cases), 90 % interval coverage {result['coverage_90']:.2f}, 50 % {result['coverage_50']:.2f}")
+    write_results(f"optic_nerve_head_cond_score{'_' + args.tag if args.tag else ''}",
+                  {"meta": metadata(MACHINE), "args": vars(args), "result": result})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("convergence", "throughput", "prior", "u_max"))
+    parser.add_argument("what", choices=("convergence", "throughput", "u_max", "cond_score"))
+    parser.add_argument("--num-train", type=int, default=1500)
+    parser.add_argument("--num-test", type=int, default=10)
+    parser.add_argument("--num-draws", type=int, default=64)
+    parser.add_argument("--max-steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--base-channels", type=int, default=8)
+    parser.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2, 2])
+    parser.add_argument("--t-min", type=float, default=1e-3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tag", default=None)
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--refinements", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--figure", default=None)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     set_threads(args.threads)
-    defaults = {"convergence": 3, "throughput": 10, "prior": 5, "u_max": 200}
+    defaults = {"convergence": 3, "throughput": 10, "u_max": 200, "cond_score": 0}
     args.draws = args.draws or defaults[args.what]
-    {"convergence": convergence, "throughput": throughput, "prior": prior, "u_max": u_max}[args.what](args)
+    {"convergence": convergence, "throughput": throughput, "u_max": u_max, "cond_score": cond_score}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ mechanics (eq. 23, Tables 6–7, Figs. 4–6), after Ray et al.:
 - **Finite elements** (scikit-fem): quadratic (P2) triangles on a tensor mesh whose
   window cells are the pixels, each cut in two (so pixel centres are the midpoints of the
   diagonals, i.e. P2 nodes: the measurement is read off the solution without
-  interpolation error), graded to 0.15 mm cells in the padding. The system matrix is
+  interpolation error), graded to 0.15 mm cells in the padding. Inside the window each
+  triangle takes the modulus of its pixel (the field ``mu`` exactly: refining the mesh
+  with ``cells_per_pixel`` keeps the field), in the padding the tissue at its centroid. The system matrix is
   :math:`\sum_e [(1 + i\alpha\omega)\,\mu_e/(\rho\omega^2)\,K_e - M_e]`: the element
   matrices, the sparsity pattern and the Dirichlet elimination are computed once per mesh
   (:class:`bayesinv.models.fem.ScaledStiffness`), each draw costs two sparse mat-vecs and
@@ -271,7 +273,15 @@ class HelmholtzSolver:
         self.system = ScaledStiffness(_Both, boundary, values, solver="lu")
         self.num_dofs = basis.N
         self.num_triangles = ntri
-        self._centroids = torch.as_tensor(mesh.p[:, mesh.t].mean(axis=1).T)  # (ntri, 2)
+        centroids = mesh.p[:, mesh.t].mean(axis=1)  # (2, ntri)
+        self._centroids = torch.as_tensor(centroids.T)
+        # inside the window a triangle takes the modulus of its pixel (the field site mu, exactly);
+        # in the padding the geometry at its centroid
+        inside = (centroids[0] > 0) & (centroids[0] < WINDOW) & (centroids[1] > 0) & (centroids[1] < WINDOW)
+        col = np.minimum((centroids[0] / WINDOW * self.grid).astype(np.int64), self.grid - 1)
+        row = np.minimum(((WINDOW - centroids[1]) / WINDOW * self.grid).astype(np.int64), self.grid - 1)
+        self._in_window = inside
+        self._pixel_of = (row * self.grid + col)[inside]
         probes = basis.probes(pixel_centres(self.grid).numpy().T).tocsr()
         self._probe = probes
         omega = 2 * math.pi * self.frequency
@@ -280,8 +290,12 @@ class HelmholtzSolver:
         self._pattern, self._symbolic = None, None
 
     def element_moduli(self, params: np.ndarray) -> np.ndarray:
-        r"""The shear modulus (kPa) of every triangle for one parameter vector ``(13,)``."""
-        return shear_modulus(self._centroids, torch.as_tensor(np.asarray(params, dtype=np.float64))).numpy()
+        r"""The shear modulus (kPa) of every triangle for one parameter vector ``(13,)``: its pixel's
+        value of the field ``mu`` inside the window, the geometry at its centroid in the padding."""
+        p = torch.as_tensor(np.asarray(params, dtype=np.float64))
+        out = shear_modulus(self._centroids, p).numpy()
+        out[self._in_window] = modulus_field(p, self.grid).numpy().reshape(-1)[self._pixel_of]
+        return out
 
     def _factorise(self, matrix):
         r"""A solve function for ``matrix`` (CSC): UMFPACK through CVXOPT, its symbolic analysis once per mesh, else SuperLU."""
