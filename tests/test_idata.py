@@ -18,6 +18,8 @@ import torch
 import bayesinv
 from bayesinv._arviz import az
 from bayesinv._version import __version__
+from bayesinv.diagnostics import calibrate_posterior
+from bayesinv.errors import OptionError, ProblemError
 from bayesinv.idata import resampled_chains, resampled_layout, to_inference_data
 from bayesinv.methods.importance import ImportanceWarning
 from bayesinv.models.toy import LinearGaussian
@@ -81,7 +83,7 @@ def test_every_sampling_method_records_top_level_attrs(method, options):
     assert attrs == {k: idata.posterior.attrs[k] for k in attrs}
 
 
-def test_amortized_posterior_records_top_level_attrs():
+def test_amortized_posterior_records_top_level_attrs_and_summary(tmp_path):
     post = bayesinv.fit(LG.model, method="flow", num_simulations=200, hidden=(8,), num_transforms=1, max_epochs=None,
                         max_steps=20, seed=4, progress=False, device="cpu")  # fmt: skip
     idata = post.infer(Y, num_samples=30, seed=5)
@@ -109,6 +111,21 @@ def test_amortized_posterior_records_top_level_attrs():
     assert lines[2].startswith("  training: 20 steps in ") and lines[2].endswith(", ran its whole budget (max_epochs / max_steps)")
     assert f"best validation {post.info['best_val_loss']:.4g}" in text and "calibration: not computed" in text
     assert "nan" not in text.lower()
+
+    # calibration on fresh simulations, recorded in the info (and so in the summary and the file)
+    result = calibrate_posterior(post, num_pairs=40, num_draws=20, seed=1)
+    assert post.info["calibration"] == result and result["num_pairs"] == 40 and result["num_draws"] == 20
+    assert 0.0 <= result["sbc_min_pvalue"] <= 1.0 and 0.0 <= result["tarp_max_deviation"] <= 1.0
+    line = [t for t in str(post.summary()).splitlines() if "calibration" in t][0]
+    assert line == (f"  calibration: SBC min p-value {result['sbc_min_pvalue']:.3g}, TARP max |ECP - alpha| "
+                    f"{result['tarp_max_deviation']:.3g} (40 pairs x 20 draws)")  # fmt: skip
+    post.save(tmp_path / "lg.bayesinv")
+    loaded = bayesinv.load(tmp_path / "lg.bayesinv")
+    assert loaded.summary().calibration == result and loaded.summary().target == summary.target
+    with pytest.raises(ProblemError, match="needs the model: pass model="):
+        calibrate_posterior(loaded, num_pairs=10, num_draws=5)
+    with pytest.raises(OptionError, match="num_pairs must be an integer >= 2"):
+        calibrate_posterior(post, num_pairs=1)
 
 
 # ------------------------------------------------------------ weighted draws honest

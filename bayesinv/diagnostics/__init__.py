@@ -19,6 +19,7 @@ Note that ``bayesinv.diagnostics.compare`` is the function; its module is reache
 
 from .calibration import (
     SBCUniformity,
+    calibrate_posterior,
     sbc_bins,
     sbc_ranks,
     sbc_uniformity,
@@ -73,6 +74,7 @@ __all__ = [
     "sbc_uniformity",
     "sbc_bins",
     "tarp_coverage",
+    "calibrate_posterior",
     "plot_field_panels",
     "plot_coverage",
     "plot_sbc_ranks",

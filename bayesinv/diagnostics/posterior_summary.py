@@ -44,7 +44,8 @@ class PosteriorSummary:
         stopping: Why training ended.
         fit_time_s: Wall time of the whole fit (simulation included), seconds.
         train_time_s: Wall time of the training loop, seconds.
-        calibration: A calibration record (e.g. SBC / TARP results), when one was computed.
+        calibration: A calibration record, when one was computed
+            (:func:`~bayesinv.diagnostics.calibration.calibrate_posterior`).
         seed: The fit's seed.
         device: Where the network lives.
         extras: Further entries of the training record (method specific).
@@ -121,6 +122,10 @@ def _short(value: Any) -> str:
 def _calibration(record: Any) -> str:
     if record is None:
         return "not computed"
+    if isinstance(record, dict) and "sbc_min_pvalue" in record and "tarp_max_deviation" in record:  # calibrate_posterior
+        where = f" ({record['num_pairs']} pairs x {record['num_draws']} draws)" if "num_pairs" in record else ""
+        return (f"SBC min p-value {record['sbc_min_pvalue']:.3g}, TARP max |ECP - alpha| "
+                f"{record['tarp_max_deviation']:.3g}{where}")  # fmt: skip
     if isinstance(record, dict):
         return ", ".join(f"{k} {_short(v)}" for k, v in record.items())
     return _short(record)
