@@ -101,6 +101,13 @@ def step_time(step: int, steps: int, t_min: float) -> float:
     return t_min + (1.0 - t_min) * (step / steps) ** 2
 
 
+def _finish(score_fn: ScoreFn, x: Tensor, t: Tensor, process: Process, nfe: int, denoise: bool) -> SampleResult:
+    r"""A sampler's result after its last step at time ``t``: with :func:`tweedie_denoise` when ``denoise`` (one more evaluation)."""
+    if denoise:
+        return SampleResult(tweedie_denoise(score_fn, x, t, process), nfe + 1)
+    return SampleResult(x, nfe)
+
+
 def tweedie_denoise(score_fn: ScoreFn, x: Tensor, t: Tensor | float, process: Process) -> Tensor:
     r"""Tweedie's posterior mean :math:`E[x_0 | x_t] = (x + \sigma^2(t) s(x, t)) / m(t)`.
 
@@ -211,9 +218,7 @@ def reverse_sde(
         x = _reverse_step(x, s, process.drift_coef(t) * dt, process.diffusion_sq(t) * dt, alpha, generator)
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
-    if denoise:
-        return SampleResult(tweedie_denoise(score_fn, x, ts[-1], process), steps + 1)
-    return SampleResult(x, steps)
+    return _finish(score_fn, x, ts[-1], process, steps, denoise)
 
 
 @torch.no_grad()
@@ -273,11 +278,7 @@ def predictor_corrector(
         x = _reverse_step(x, score_fn(x, t), b_dt, g_dt, 1.0, generator)
         if callback is not None:
             callback({"i": i, "t": t_next, "x": x})
-    nfe = steps * (corrector_steps + 1)
-    if denoise:
-        return SampleResult(tweedie_denoise(score_fn, x, ts[-1], process), nfe + 1)
-    return SampleResult(x, nfe)
-
+    return _finish(score_fn, x, ts[-1], process, steps * (corrector_steps + 1), denoise)
 
 
 @torch.no_grad()
