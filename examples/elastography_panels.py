@@ -1,13 +1,13 @@
 r"""
-Field panels of an elastography posterior: truth, measurement, draws, mean, std, |mean − truth|
-===============================================================================================
+Field panels of an elastography posterior: truth, measurement, draws, mean, std, error
+======================================================================================
 
 Draws a test inclusion (the first test inclusion of ``benchmarks/elastography.py``:
 ``draw(seed=100)``), computes the importance-sampling reference posterior of the shear
 modulus (the prior set of ``examples/elastography.py``, stored in ``out/elastography/``
 and reused, then zoom-in stages), and renders the issue-6 panel figure with
 :func:`bayesinv.diagnostics.plot_field_panels`: truth / measured displacement / three
-posterior draws / posterior mean / posterior standard deviation / |mean − truth|, with
+posterior draws / posterior mean / posterior standard deviation / \|mean − truth\|, with
 shared colour scales for the modulus fields and a colour bar per panel. When a trained
 cond_score posterior saved by ``benchmarks/elastography.py`` exists
 (``out/elastography/cond_score_<σ_η>.bayesinv``), the same figure is drawn for it.

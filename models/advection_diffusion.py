@@ -24,7 +24,7 @@ The advection-diffusion problem of the drift-diffusion paper (Section 5.2):
   ``concentration`` (30,) is the noise-free reading.
 - **Forward map**: the problem is linear, u(sensors) = G q with G (30 × 30) computed
   once from 30 finite-element solves (P2 triangles, scikit-fem; the cell Péclet number
-  |a|h/2κ ≤ 0.04 needs no stabilisation) and shipped in ``data/advection_forward.npy``;
+  \|a\| h/2κ ≤ 0.04 needs no stabilisation) and shipped in ``data/advection_forward.npy``;
   :func:`compute_forward` recomputes it, ``benchmarks/fem_convergence.py`` shows its
   mesh convergence. Simulation is a differentiable matrix product, so NUTS works.
 - **Family of measurement operators** (``masked=True``): a latent ``mask`` (30,),

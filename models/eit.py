@@ -13,7 +13,7 @@ the authors' released data code (``get_anomaly`` and ``tri2square_own`` in
   electrode index (not rotated with the excitation), so the homogeneous voltages of
   different excitations agree only after reordering by offset from the excitation.
 - **Prior** (latent ``radii`` (K,) and ``centres`` (K, 2), K = 2 or 4): centres uniform
-  in the square [−0.55, 0.55]² (so inside the disc: |c| ≤ 0.78), radii uniform in
+  in the square [−0.55, 0.55]² (so inside the disc: \|c\| ≤ 0.78), radii uniform in
   [0.15, 0.25], and configurations where two circles come closer than a margin of 0.05
   are rejected (the authors' ``is_intersect``), jointly for centres and radii. The
   joint prior density is therefore constant on the admissible set: :class:`AnomalyRadii`

@@ -12,7 +12,7 @@ r"""Toy problems with known answers.
 
 - :class:`HeavyTailed`: y = θ + Student-t noise (ν = 2), θ ~ N(0, 3² I): a heavy-tailed
   posterior, sampled exactly by self-normalised importance sampling (:meth:`HeavyTailed.reference`).
-- :class:`SignFlip`: y = |θ| + ε, θ ~ N(0, I): a posterior with 2^dim mirror-image modes,
+- :class:`SignFlip`: y = \|θ\| + ε, θ ~ N(0, I): a posterior with 2^dim mirror-image modes,
   sampled exactly (:meth:`SignFlip.reference`).
 
   For Tanh and Bimodal, X given Y is drawn directly, so importance sampling with the
@@ -159,9 +159,9 @@ def _student_t(nu: float, shape: tuple[int, ...], gen: torch.Generator) -> torch
 
 
 class SignFlip:
-    r"""y = |θ| + ε, θ ~ N(0, I), ε ~ N(0, σ² I): a posterior with 2^dim modes, θ_i ≈ ±y_i.
+    r"""y = \|θ\| + ε, θ ~ N(0, I), ε ~ N(0, σ² I): a posterior with 2^dim modes, θ_i ≈ ±y_i.
 
-    Given y the coordinates are independent; each |θ_i| has the Gaussian posterior
+    Given y the coordinates are independent; each \|θ_i\| has the Gaussian posterior
     N(y_i / (1 + σ²), σ² / (1 + σ²)) truncated to (0, ∞) and its sign is + or − with
     probability ½ (the prior is symmetric). :meth:`reference` samples this exactly.
 
