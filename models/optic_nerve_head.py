@@ -133,7 +133,7 @@ REGIONS = ("background", "retina", "sclera", "lamina", "nerve", "pia")
 
 # The largest of |u_R|, |u_I| (mm) at the pixel centres over 200 prior draws (seed 0) at one
 # cell per pixel; recompute with compute_u_max().
-U_MAX = 0.0248
+U_MAX = 0.01984
 
 
 def _omega() -> float:
