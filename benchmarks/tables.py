@@ -354,8 +354,27 @@ def page_training() -> list[str]:
             *_table(["case", "steps/s", "cmd"], rows), *cite.render()]
 
 
+def page_optic_nerve_head() -> list[str]:
+    cite, rows = _Commands(), []
+    conv = _load("optic_nerve_head_convergence")
+    if conv:
+        for r in conv["rows"]:
+            rows.append([f"mesh: {r['cells_per_pixel']} vs {conv['finest']} cells per pixel", f"{r['relative_l2']:.1e} (tissue {r['relative_l2_tissue']:.1e})",
+                         f"max {r['max_abs_relative']:.1e} of max abs(u)", "–", cite(conv["meta"])])
+    for path in sorted(RESULTS.glob("optic_nerve_head_cond_score*.json")):
+        d = json.loads(path.read_text())
+        r = d["result"]
+        rows.append([f"cond_score, {r['num_train']} pairs, {d['args']['max_steps']} steps", f"{r['rmse_mean_vs_truth']:.3f} (prior mean {r['prior_mean_rmse_vs_truth']:.3f})",
+                     f"90 %: {r['coverage_90']:.2f}, 50 %: {r['coverage_50']:.2f}", "0.021, 0.032 (two cases)", cite(d["meta"])])
+    return ["## Optic nerve head (inverse Helmholtz)", "",
+            "Mesh convergence of (u_R, u_I) at the pixel centres (relative L2 difference to the finest mesh), and",
+            "cond_score's posterior mean against the truth in the paper's normalised units over ten test draws with",
+            "the coverage of its pixel-wise credible intervals.", "",
+            *_table(["what", "error / RMSE", "max / coverage", "published", "cmd"], rows), *cite.render()]
+
+
 PAGE_SECTIONS = [page_two_moons, page_default_settings, page_conditional_densities, page_advection, page_elastography,
-                 page_eit, page_oce, page_nuts, page_simulator_failures, page_training]
+                 page_eit, page_oce, page_optic_nerve_head, page_nuts, page_simulator_failures, page_training]
 
 
 def page_text() -> str:
