@@ -48,12 +48,12 @@ html_title = "bayesinv"
 html_theme_options = {"navigation_depth": 2, "show_toc_level": 2}
 
 # The gallery: examples/*.py rendered as pages. Only the quick ones run while the site builds
-# (the demo, about a minute); the long ones show the output stored in their last cell, from a
-# run recorded with its command and machine.
+# (the demo and the optic nerve head, about a minute each); the others show the output stored by
+# docs/store_example_output.py from a run recorded with its command and machine.
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
-    "filename_pattern": os.environ.get("BAYESINV_GALLERY_RUN", r"/demo\.py$"),
+    "filename_pattern": os.environ.get("BAYESINV_GALLERY_RUN", r"/(demo|optic_nerve_head)\.py$"),
     "ignore_pattern": r"__init__\.py",
     "download_all_examples": False,
     "plot_gallery": "True",
