@@ -30,13 +30,8 @@ OUT = Path(__file__).resolve().parents[1] / "out" / "optic_nerve_head"
 MACHINE = "2-core CPU, no GPU, shared with other jobs"
 
 
-def _prior_params(n: int, seed: int) -> np.ndarray:
-    prob = onh.OpticNerveHead(simulator=lambda p: torch.zeros(*p.shape[:-1], 2, onh.GRID, onh.GRID))
-    return prob.draw(seed=seed, n=n)[0]
-
-
 def convergence(args) -> None:
-    params = _prior_params(args.draws, seed=11)
+    params = onh.sample_parameters(args.draws, seed=11)
     fields = {}
     for k in args.refinements:
         solver = onh.HelmholtzSolver(cells_per_pixel=k)
@@ -60,7 +55,7 @@ def convergence(args) -> None:
 
 
 def throughput(args) -> None:
-    params = _prior_params(args.draws, seed=12)
+    params = onh.sample_parameters(args.draws, seed=12)
     t0 = time.perf_counter()
     solver = onh.HelmholtzSolver()
     setup = time.perf_counter() - t0

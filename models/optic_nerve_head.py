@@ -92,6 +92,8 @@ __all__ = [
     "wavefield",
     "compute_u_max",
     "OpticNerveHead",
+    "prior_distributions",
+    "sample_parameters",
 ]
 
 GRID = 64  # pixels per side of the window
@@ -370,11 +372,21 @@ def solve_wavefield(params: np.ndarray, cells_per_pixel: int = 1) -> np.ndarray:
 wavefield = bayesinv.simulator(solve_wavefield, name="wavefield")
 
 
-def _truncated_normal(mean: float, sd: float) -> dist.Distribution:
+def prior_distributions() -> dict[str, dist.Distribution]:
+    r"""The prior of every latent site (Tables 6–7), in the order of :data:`PARAMETERS`."""
     from bayesinv.models.elastography import TruncatedNormal
 
-    low = max(0.0, mean - 2 * sd)
-    return TruncatedNormal(torch.tensor(mean), torch.tensor(sd), torch.tensor(low), torch.tensor(mean + 2 * sd))
+    out: dict[str, dist.Distribution] = {name: dist.Uniform(torch.tensor(lo), torch.tensor(hi)) for name, (lo, hi) in GEOMETRY.items()}
+    for name, (mean, sd) in MODULI.items():
+        out[name] = TruncatedNormal(torch.tensor(mean), torch.tensor(sd), torch.tensor(max(0.0, mean - 2 * sd)), torch.tensor(mean + 2 * sd))
+    return out
+
+
+def sample_parameters(n: int, seed: int = 0) -> np.ndarray:
+    r"""``n`` parameter vectors ``(n, 13)`` drawn from the prior (no simulation)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([d.sample((int(n),)) for d in prior_distributions().values()], -1).numpy()
 
 
 class OpticNerveHead:
@@ -408,11 +420,7 @@ class OpticNerveHead:
         self.coords = {"row": WINDOW - pc, "col": pc, "part": ["real", "imag"]}
 
     def model(self, y: torch.Tensor | None = None) -> torch.Tensor:
-        values = []
-        for name, (lo, hi) in GEOMETRY.items():
-            values.append(pyro.sample(name, dist.Uniform(torch.tensor(lo), torch.tensor(hi))))
-        for name, (mean, sd) in MODULI.items():
-            values.append(pyro.sample(name, _truncated_normal(mean, sd)))
+        values = [pyro.sample(name, d) for name, d in prior_distributions().items()]
         params = torch.stack(torch.broadcast_tensors(*values), dim=-1)
         pyro.deterministic("mu", modulus_field(params.double()).to(params.dtype))
         u = self.simulator(params)
@@ -436,5 +444,4 @@ class OpticNerveHead:
 
 def compute_u_max(num_draws: int = 200, seed: int = 0) -> float:
     r"""The largest of :math:`|u_R|, |u_I|` (mm) over ``num_draws`` prior draws: how :data:`U_MAX` was computed."""
-    params, _, _ = OpticNerveHead(simulator=lambda p: torch.zeros(*p.shape[:-1], 2, GRID, GRID)).draw(seed=seed, n=num_draws)
-    return float(np.abs(solve_wavefield(params)).max())
+    return float(np.abs(solve_wavefield(sample_parameters(num_draws, seed))).max())

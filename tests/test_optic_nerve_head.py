@@ -16,8 +16,7 @@ from bayesinv.models import optic_nerve_head as onh  # noqa: E402
 
 
 def _params(n: int = 200, seed: int = 0) -> np.ndarray:
-    prob = onh.OpticNerveHead(simulator=lambda p: torch.zeros(*p.shape[:-1], 2, onh.GRID, onh.GRID))
-    return prob.draw(seed=seed, n=n)[0]
+    return onh.sample_parameters(n, seed)
 
 
 def test_prior_draws_respect_tables_6_and_7():
