@@ -41,12 +41,12 @@ FLOWS = ("nsf", "maf", "realnvp", "nsf_coupling", "multiscale")
 
 #: Training defaults of ``method="flow"`` (they replace TrainOptions' class defaults; the user's options override them).
 TRAIN_DEFAULTS = dict(
-    max_epochs=200,
+    max_epochs=40,
     max_steps=None,
-    batch_size=256,
-    lr=1e-3,
-    lr_schedule=None,
-    patience=20,
+    batch_size=512,
+    lr=2e-3,
+    lr_schedule="cosine",
+    patience=None,
     ema_decay=0.999,
     val_fraction=0.1,
     grad_clip=None,
