@@ -61,24 +61,25 @@ def fit_bayesinv(method, theta, x, args):
         from bayesinv.methods.cond_score import CondScoreConfig
 
         options = {"config": CondScoreConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     post = bayesinv.fit(two_moons_model, method=method, target="theta", data={"theta": theta, "y": x},
                         seed=args.seed, progress=False, **options)  # fmt: skip
-    fit_time = time.perf_counter() - t0
+    fit_time, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
 
     def sample(x_o, n, **kw):
         idata = post.infer(x_o.reshape(2), n, seed=args.seed, **kw)
         stats = {k: idata.sample_stats[k].item() for k in ("nfe",) if k in idata.sample_stats}
         return idata.posterior["theta"].values[0], stats
 
+    info = {**post.info, "fit_cpu_s": fit_cpu}
     if method != "cond_score":
-        return fit_time, {method: sample}, post.info
+        return fit_time, {method: sample}, info
     fns = {}
     for spec in args.cond_score_samplers:
         sampler, options = parse_sampler(spec)
         name = "cond_score_" + spec.replace(",", "_").replace("=", "")
         fns[name] = lambda x_o, n, sampler=sampler, options=options: sample(x_o, n, sampler=sampler, **options)
-    return fit_time, fns, post.info
+    return fit_time, fns, info
 
 
 def parse_sampler(spec: str) -> tuple[str, dict]:
@@ -100,16 +101,24 @@ def fit_sbi(kind, theta, x, args):
     torch.manual_seed(args.seed)
     prior = BoxUniform(-torch.ones(2), torch.ones(2))
     inference = NPE(prior=prior) if kind == "npe" else NPSE(prior=prior, sde_type="ve")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     inference.append_simulations(theta, x).train(show_train_summary=False)
     posterior = inference.build_posterior()
-    fit_time = time.perf_counter() - t0
+    fit_time, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
 
     def sample(x_o, n):
         torch.manual_seed(args.seed)
         return posterior.sample((n,), x=x_o.reshape(1, 2), show_progress_bars=False), {}
 
-    return fit_time, {kind: sample}, {}
+    return fit_time, {kind: sample}, {"fit_cpu_s": fit_cpu, "epochs": int(getattr(inference, "epoch", -1))}
+
+
+def fit_ratios(fits: dict) -> dict:
+    r"""Each bayesinv method's fit time over sbi NPE's and NPSE's of the same run (those fitted so far), wall clock
+    and process CPU time (single torch thread: the figure that does not depend on other jobs' load)."""
+    return {m: {f"{kind}/{peer}": f[key] / fits[peer][key] for peer in ("npe", "npse") if peer in fits
+                for kind, key in (("wall", "fit_time_s"), ("cpu", "fit_cpu_s"))}
+            for m, f in fits.items() if m in BAYESINV}  # fmt: skip
 
 
 def main() -> None:
@@ -118,6 +127,7 @@ def main() -> None:
     p.add_argument("--observations", nargs="+", type=int, default=list(range(1, 11)))
     p.add_argument("--num-simulations", type=int, default=10_000)
     p.add_argument("--num-draws", type=int, default=10_000)
+    p.add_argument("--max-samples", type=int, default=None, help="C2ST: at most this many draws per set (default all)")
     p.add_argument("--fit-options", default=json.dumps(DEFAULT_FIT_OPTIONS), help="JSON: method -> bayesinv.fit options")
     p.add_argument("--cond-score-samplers", nargs="+", default=["ode", "sde"],
                    help='sampler[,option=value...], e.g. ode  "ode,rtol=1e-3,atol=1e-3"  "ode,power=1"  "sde,steps=100"')
@@ -134,15 +144,17 @@ def main() -> None:
     theta = task.get_prior()(num_samples=args.num_simulations)
     x = task.get_simulator()(theta)
     out = {"meta": metadata(args.machine), "num_simulations": args.num_simulations, "num_draws": args.num_draws,
-           "c2st": "bayesinv.diagnostics.c2st (sbibm MLP, 5 folds)", "fit_options": json.loads(args.fit_options),
+           "c2st": "bayesinv.diagnostics.c2st (sbibm MLP, 5 folds)", "max_samples": args.max_samples,
+           "fit_options": json.loads(args.fit_options),
            "fits": {}, "results": []}  # fmt: skip
     samplers = {}
     for method in args.methods:
         fit = fit_bayesinv(method, theta, x, args) if method in BAYESINV else fit_sbi(method, theta, x, args)
         fit_time, fns, info = fit
-        out["fits"][method] = {"fit_time_s": fit_time, "info": info}
+        out["fits"][method] = {"fit_time_s": fit_time, "fit_cpu_s": info["fit_cpu_s"], "info": info}
         samplers.update(fns)
-        print(f"{method}: fit {fit_time:.0f}s", flush=True)
+        print(f"{method}: fit {fit_time:.0f}s ({info['fit_cpu_s']:.0f} CPU s)", flush=True)
+        out["fit_time_ratios"] = fit_ratios(out["fits"])
         write_results(f"two_moons_{args.label}", out)
     for obs in args.observations:
         x_o = task.get_observation(obs)
@@ -152,7 +164,7 @@ def main() -> None:
             draws, stats = sample(x_o, args.num_draws)
             sample_time = time.perf_counter() - t0
             t0 = time.perf_counter()
-            acc = c2st(np.asarray(draws), ref, seed=args.seed)
+            acc = c2st(np.asarray(draws), ref, seed=args.seed, max_samples=args.max_samples)
             row = {"observation": obs, "method": name, "c2st": acc, "sample_time_s": sample_time, "c2st_time_s": time.perf_counter() - t0, **stats}
             out["results"].append(row)
             print(json.dumps(row), flush=True)
