@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import contextvars
 import multiprocessing
+import time
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
 from bayesinv.errors import OptionError, SimulationError
 
 __all__ = ["ChunkMap", "check_client", "check_worker_processes"]
+
+_THREADS_TTL = 5.0  # seconds between two look-ups of the cluster's size
 
 #: Inside a task run by :class:`ChunkMap` on a Dask worker: the option errors raised there (a
 #: model may catch them; the task raises the first one whatever the model did with it).
@@ -117,7 +120,8 @@ class ChunkMap:
         fn: A module-level function ``fn(problem, *args)`` computing one chunk.
         label: A name for the task keys and messages (``"simulate"``, ``"importance"``).
         ahead: How many chunks to keep in flight beyond the one needed (default: twice
-            the cluster's threads).
+            the cluster's threads, looked up again every few seconds, so a cluster that
+            grows — ``cluster.adapt()``, workers joining a SLURM job — gets more).
 
     Example:
         >>> chunks = ChunkMap(client, problem, _chunk_values, label="simulate")
@@ -129,10 +133,22 @@ class ChunkMap:
         self.problem = problem
         self.fn = fn
         self.label = label
-        self.ahead = ahead if ahead is not None else max(2 * sum(client.nthreads().values()), 2)
+        self._ahead = ahead
+        self._threads = (0, -float("inf"))  # (threads, when looked up)
         self.token = uuid.uuid4().hex[:12]
         self._futures: dict[int, tuple[Any, Any]] = {}
         self._problem_future = None
+
+    @property
+    def ahead(self) -> int:
+        r"""How many chunks are submitted beyond the one the client waits for."""
+        if self._ahead is not None:
+            return self._ahead
+        threads, when = self._threads
+        if time.monotonic() - when > _THREADS_TTL:
+            threads = sum(self.client.nthreads().values())
+            self._threads = (threads, time.monotonic())
+        return max(2 * threads, 2)
 
     def _vectorizable(self) -> bool | None:
         from bayesinv import problem as problem_module
@@ -164,8 +180,9 @@ class ChunkMap:
         if have is None or have[0] != tag:
             self._submit(index, tag, args)
         if self._vectorizable() is not None:
+            ahead = self.ahead
             for count, (i, t, a) in enumerate(upcoming):
-                if count >= self.ahead:
+                if count >= ahead:
                     break
                 have = self._futures.get(i)
                 if have is None or have[0] != t:
