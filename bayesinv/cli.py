@@ -25,6 +25,7 @@ import ast
 import functools
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -222,7 +223,8 @@ def simulate(
             except ImportError:
                 raise UserError("--workers and --scheduler need Dask: pip install 'bayesinv[dask]'") from None
             if workers is not None:
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=logging.ERROR)  # fmt: skip
                 client = Client(cluster)
             else:
                 try:
