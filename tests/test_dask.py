@@ -9,6 +9,7 @@ resumes on the cluster, and the bad uses of client= raise OptionError.
 import os
 import signal
 
+import distributed  # the dask extra (in "all", which the test set-up installs)
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -20,7 +21,6 @@ from bayesinv import data as bdata
 from bayesinv.errors import OptionError, ProblemError, SimulationError
 from tests.models_for_tests import blackbox_model, flaky_model
 
-distributed = pytest.importorskip("distributed")
 
 KILL_MARKER = "BAYESINV_TEST_KILL_MARKER"
 
