@@ -1,0 +1,145 @@
+r"""score_prior: one learned prior, several operators and noise levels, no retraining.
+
+1. **Deblurring** (``bayesinv.models.deblurring``, 8 × 8, exact Gaussian posterior): one
+   prior (MLP score) trained on prior draws; DPS (``step_rule="plain"``) at two noise levels
+   (the model it was fitted with, then another one attached), posterior-mean RMSE against
+   the exact mean (and relative to the exact mean's RMS) and mean sd against the exact sd,
+   over ``--observations`` observations.
+2. **Sparse-view CT and accelerated MRI** (``bayesinv.models.imaging``, 32 × 32 ellipse
+   phantoms): ONE prior (an MLP score network: a U-Net trains ~100x slower on the shared 2-core
+   CPU of these runs) trained on phantoms serves CT with 16 and 8 views and MRI at
+   4× and 8× acceleration, each at two noise levels. PSNR / SSIM (scikit-image) of the
+   posterior mean of ``--draws`` draws against the truth, on ``--phantoms`` test phantoms,
+   for the classical baseline (filtered back-projection / zero-filled inverse FFT), DPS
+   (``step_rule="normalized"``) and the data-consistency step (λ chosen on validation
+   phantoms by ``choose_lambda``).
+
+Raw results: ``benchmarks/results/score_prior[_quick][_deblurring|_imaging].json`` (the last part
+with ``--skip-imaging`` / ``--skip-deblurring``).
+
+Usage::
+
+    python benchmarks/score_prior.py            # the table of docs/benchmarks.md (both parts may run
+                                                # side by side: --skip-imaging, --skip-deblurring)
+    python benchmarks/score_prior.py --quick    # a smoke run (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import bayesinv
+from bayesinv.methods.score_prior import choose_lambda
+from bayesinv.models.deblurring import Deblurring
+from bayesinv.models.imaging import AcceleratedMRI, SparseViewCT, psnr_ssim
+
+try:
+    from benchmarks._common import metadata, set_threads, write_results
+except ImportError:  # run as a script
+    from _common import metadata, set_threads, write_results
+
+MACHINE = "2-core CPU, no GPU, shared with other jobs"
+
+
+def deblurring(args) -> list[dict]:
+    base = Deblurring(8, noise=0.3)
+    t0 = time.perf_counter()
+    post = bayesinv.fit(base.model, method="score_prior", target="x", num_simulations=20_000, seed=0, network="mlp",
+                        hidden=(256, 256), max_steps=args.deblur_steps, batch_size=256, patience=None, progress=False)  # fmt: skip
+    fit_s = time.perf_counter() - t0
+    rows = []
+    for noise in (0.3, 0.1):
+        problem = Deblurring(8, noise=noise)
+        post.attach(problem.model)
+        for rule, steps, zeta in (("plain", args.sample_steps, 1.0),):
+            errs, rel, sd_ratio = [], [], []
+            t0 = time.perf_counter()
+            for k in range(args.observations):
+                _, y = problem.draw(seed=100 + k)
+                mean, sd = problem.posterior(y)
+                draws = post.sample(torch.as_tensor(y), args.deblur_draws, seed=k, guidance="dps", step_rule=rule, steps=steps,
+                                    step_size=zeta)["x"].numpy()  # fmt: skip
+                err = float(np.sqrt(((draws.mean(0) - mean) ** 2).mean()))
+                errs.append(err)
+                rel.append(err / float(np.sqrt((mean**2).mean())))
+                sd_ratio.append(float(draws.std(0).mean() / sd.mean()))
+            rows.append({"problem": "deblurring 8x8", "noise": noise, "guidance": "dps", "step_rule": rule, "steps": steps,
+                         "mean_rmse": float(np.mean(errs)), "mean_rmse_relative": float(np.mean(rel)),
+                         "sd_ratio": float(np.mean(sd_ratio)), "fit_s": fit_s, "sample_s": time.perf_counter() - t0,
+                         "retrained": noise != 0.3})  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def imaging(args) -> list[dict]:
+    size = 32
+    train = SparseViewCT(size, 16)
+    t0 = time.perf_counter()
+    post = bayesinv.fit(train.model, method="score_prior", target="x", num_simulations=args.phantoms_train, seed=0,
+                        network="mlp", hidden=(args.width,) * 3, max_steps=args.prior_steps, batch_size=128, lr=1e-3,
+                        lr_schedule="cosine", patience=None, progress=False)  # fmt: skip
+    fit_s = time.perf_counter() - t0
+    print("prior fitted", round(fit_s), "s", post.info, flush=True)
+    problems = []
+    for views in (16, 8):
+        for noise in (0.5, 2.0):
+            problems.append((f"CT {views} views", "FBP", SparseViewCT(size, views, noise=noise), noise))
+    for acc in (4, 8):
+        for noise in (0.05, 0.2):
+            problems.append((f"MRI {acc}x", "zero-filled", AcceleratedMRI(size, acc, noise=noise, texture=False), noise))
+    rows = []
+    for name, baseline, problem, noise in problems:
+        post.attach(problem.model)  # the same prior, another operator / noise level
+        x_val, y_val = problem.draw(2, seed=50)
+        lam, table = choose_lambda(post, y_val, x_val, problem.operator, candidates=(0.2, 0.5, 0.8, 1.0), num_samples=2,
+                                   steps=args.lambda_steps)  # fmt: skip
+        x_test, y_test = problem.draw(args.phantoms, seed=7)
+        scores = {baseline: [], "dps": [], "consistency": []}
+        times = {"dps": 0.0, "consistency": 0.0}
+        for k in range(args.phantoms):
+            scores[baseline].append(psnr_ssim(x_test[k], problem.baseline(y_test[k])))
+            for guidance, opts in (("dps", {"step_rule": "normalized", "step_size": args.zeta}),
+                                   ("consistency", {"operator": problem.operator, "lam": lam})):  # fmt: skip
+                t0 = time.perf_counter()
+                draws = post.sample(torch.as_tensor(y_test[k]), args.draws, seed=k, guidance=guidance, steps=args.sample_steps,
+                                    **opts)["x"].numpy()  # fmt: skip
+                times[guidance] += time.perf_counter() - t0
+                scores[guidance].append(psnr_ssim(x_test[k], draws.mean(0)))
+        for method, vals in scores.items():
+            vals = np.asarray(vals)
+            rows.append({"problem": name, "noise": noise, "method": method, "psnr": float(vals[:, 0].mean()),
+                         "ssim": float(vals[:, 1].mean()), "lam": lam if method == "consistency" else None,
+                         "lambda_table": table if method == "consistency" else None,
+                         "sample_s_per_phantom": times.get(method, 0.0) / args.phantoms, "fit_s": fit_s})  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small budgets")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-deblurring", action="store_true")
+    parser.add_argument("--skip-imaging", action="store_true")
+    args = parser.parse_args()
+    q = args.quick
+    args.deblur_steps, args.deblur_draws, args.observations = (300, 100, 1) if q else (2000, 300, 2)
+    args.prior_steps, args.phantoms_train, args.width = (100, 2000, 256) if q else (2000, 10_000, 512)
+    args.sample_steps, args.lambda_steps, args.draws, args.phantoms = (30, 10, 2, 1) if q else (100, 50, 4, 3)
+    args.zeta = 0.2
+    set_threads(args.threads)
+    out = {"meta": metadata(MACHINE), "settings": {k: v for k, v in vars(args).items()}}
+    if not args.skip_deblurring:
+        out["deblurring"] = deblurring(args)
+    if not args.skip_imaging:
+        out["imaging"] = imaging(args)
+    name = "score_prior" + ("_quick" if q else "") + ("_deblurring" if args.skip_imaging else "") + ("_imaging" if args.skip_deblurring else "")
+    print("wrote", write_results(name, out))
+
+
+if __name__ == "__main__":
+    main()
