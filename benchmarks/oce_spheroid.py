@@ -392,7 +392,7 @@ def full(args) -> dict:
     fit_time = time.perf_counter() - t0
     print(f"fit on {int(data['E_rel'].shape[0])} pairs: {fit_time:.0f} s", flush=True)
     n = args.image_size
-    ranks_area, ranks_mod, err, rows = [], [], [], []
+    ranks_area, ranks_mod, err, rows, summaries, true_summaries = [], [], [], [], [], []
     for i in range(args.num_test):
         y = torch.as_tensor(test["y"].values[i])
         truth = np.log10(test["E_rel"].values[i])
@@ -404,6 +404,8 @@ def full(args) -> dict:
         modulus = lambda f: float(f[np.abs(f) > 0.05].mean()) if (np.abs(f) > 0.05).any() else 0.0  # noqa: E731
         ranks_area.append(int(sum(area(d) < area(truth) for d in draws)))
         ranks_mod.append(int(sum(modulus(d) < modulus(truth) for d in draws)))
+        summaries.append([[area(d), modulus(d)] for d in draws])
+        true_summaries.append([area(truth), modulus(truth)])
         rows.append({"mean_rmse_vs_truth": err[-1], "true_area": area(truth), "mean_area": float(np.mean([area(d) for d in draws])),
                      "true_modulus": modulus(truth), "inside_pixels": int(inside_t.sum())})
         if i == 0:
@@ -416,6 +418,13 @@ def full(args) -> dict:
     for name in ("ranks_area", "ranks_modulus"):
         r = np.asarray(out[name]) / args.num_draws
         out[name + "_fraction_in_central_80"] = float(((r >= 0.1) & (r <= 0.9)).mean())
+    from bayesinv.diagnostics.calibration import sbc_uniformity, tarp_coverage
+
+    sbc = sbc_uniformity(np.stack([ranks_area, ranks_mod], 1), args.num_draws)
+    out["sbc_chi2_pvalue"], out["sbc_ks_pvalue"] = sbc.chi2_pvalue.tolist(), sbc.ks_pvalue.tolist()
+    alpha, ecp = tarp_coverage(np.asarray(summaries), np.asarray(true_summaries), num_alphas=11)
+    out["tarp_alpha"], out["tarp_ecp"] = alpha.tolist(), ecp.tolist()
+    out["summaries"], out["true_summaries"] = summaries, true_summaries
     print(f"posterior-mean RMSE vs truth (E' = log10 E/E_h): {out['mean_rmse_vs_truth']:.4f} (prior mean: {prior_err:.4f}); "
           f"central-80% coverage: area {out['ranks_area_fraction_in_central_80']:.2f}, "
           f"modulus {out['ranks_modulus_fraction_in_central_80']:.2f}")
