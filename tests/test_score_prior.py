@@ -206,7 +206,8 @@ def test_dps_follows_the_model_noise_law():
         rate = pyro.sample("rate", dist.LogNormal(torch.zeros(2), 0.5).to_event(1))
         return pyro.sample("y", dist.Poisson(10.0 * rate).to_event(1), obs=y)
 
-    post = bayesinv.fit(poisson_model, method="score_prior", target="rate", num_simulations=4000, seed=0, **FAST)
+    post = bayesinv.fit(poisson_model, method="score_prior", target="rate", num_simulations=4000, seed=0,
+                        **{**FAST, "hidden": (64, 64), "max_steps": 800})  # fmt: skip
     y = torch.tensor([30.0, 5.0])
     draws = post.sample(y, 400, seed=0, guidance="dps", steps=200)["rate"]
     # the exact posterior (grid): Poisson(10 r) × LogNormal(0, 0.5) per entry
