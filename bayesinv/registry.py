@@ -70,7 +70,7 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
-_BUILTIN = ("importance", "nuts", "mcmc", "cond_score", "flow", "flow_matching", "vae", "gauss_newton", "csd_star", "score_prior")
+_BUILTIN = ("importance", "nuts", "mcmc", "cond_score", "flow", "flow_matching", "vae", "gauss_newton", "csd_star", "score_prior", "latent_prior")
 
 
 def register_method(

@@ -125,6 +125,13 @@ def test_gaussianize_keeps_the_latent_standard_on_a_field():
 
 
 # -- refusals and save/load -------------------------------------------------------------------------------
+def test_registered_as_a_builtin_method():
+    from bayesinv.registry import _BUILTIN
+
+    assert "latent_prior" in _BUILTIN  # found by infer/fit/load without importing the method file first
+    assert "latent_prior" in bayesinv.available_methods()
+
+
 def test_black_box_simulator_is_refused_by_name_before_any_work():
     with pytest.raises(ProblemError, match="black-box simulator.*square_sim"):
         bayesinv.fit(blackbox_model, method="latent_prior", num_simulations=100, progress=False)
