@@ -157,11 +157,6 @@ class ElastodynamicsSolver:
     """
 
     def __init__(self, grid: int = GRID, cells_per_pixel: float = 0.5, dt: float = DT, poisson: float = POISSON):
-        from skfem import Basis, BilinearForm, ElementTriP2, ElementVector, LinearForm
-
-        from bayesinv.models.fem import ScaledStiffness, require_skfem
-
-        skfem = require_skfem()
         if not (isinstance(grid, int) and grid >= 2):
             raise ProblemError(f"grid must be an integer >= 2, got {grid!r}")
         cells = grid * float(cells_per_pixel)
@@ -172,6 +167,11 @@ class ElastodynamicsSolver:
             raise ProblemError(f"dt must divide 0.1 ms into whole steps, got dt={dt!r} ms")
         if not (0.0 <= poisson < 0.5):
             raise ProblemError(f"poisson must be in [0, 0.5), got {poisson!r}")
+        from skfem import Basis, BilinearForm, ElementTriP2, ElementVector, LinearForm
+
+        from bayesinv.models.fem import ScaledStiffness, require_skfem
+
+        skfem = require_skfem()
         self.grid, self.cells_per_pixel, self.dt, self.poisson = grid, float(cells_per_pixel), float(dt), float(poisson)
         n = int(round(cells))
         h = WINDOW / n
@@ -224,7 +224,7 @@ class ElastodynamicsSolver:
         zb, zdofs = basis.split_bases()[1], basis.split_indices()[1]
         r_c = (np.arange(grid) + 0.5) * (WINDOW / grid)
         R, Z = np.meshgrid(r_c, pixel_heights(grid))
-        self._probe = (zb.probes(np.stack([R.ravel(), Z.ravel()])).tocsr()[:, :]).tocsc()
+        self._probe = zb.probes(np.stack([R.ravel(), Z.ravel()])).tocsr()  # (grid², scalar DOFs)
         self._zdofs = zdofs
         self._pattern = self._symbolic = None
 
@@ -323,7 +323,7 @@ class ElastodynamicsSolver:
         if not np.all(np.isfinite(params)) or params[0] <= 0 or params[1] <= 0:
             raise ProblemError(f"the moduli must be positive and finite: {dict(zip(PARAMETERS, params.tolist()))}")
         uz = self.full(self.integrate(params))[:, self._zdofs]
-        return (uz @ self._probe.T).reshape(len(SNAPSHOTS), self.grid, self.grid)
+        return (self._probe @ uz.T).T.reshape(len(SNAPSHOTS), self.grid, self.grid)
 
 
 _SOLVERS: dict[tuple, ElastodynamicsSolver] = {}
