@@ -171,3 +171,19 @@ def test_model_simulates_the_snapshots():
     params, E, y = prob.draw(seed=1)
     assert y.shape == (10, 64, 64) and np.isfinite(y).all()
     assert np.abs(y).max() > 100 * dlp.NOISE_SD  # the waves stand well above the noise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modulus", [4.0, 9.0])
+def test_homogeneous_shear_wave_travels_at_the_shear_speed(modulus):
+    # the peak of u_z at the focal depth moves out from the axis at c_s = sqrt(E / (2 (1 + nu) rho))
+    solver = dlp.ElastodynamicsSolver()
+    u = solver.solve(np.array([modulus, modulus, 3.0]))
+    row = np.argmin(np.abs(dlp.pixel_heights() - dlp.S2_BAR))
+    r = (np.arange(dlp.GRID) + 0.5) * dlp.WINDOW / dlp.GRID
+    peaks = r[np.argmax(u[:, row], axis=1)]
+    away = peaks > 0.3  # once the wave has left the push region
+    assert away.sum() >= 5
+    speed = np.polyfit(np.asarray(dlp.SNAPSHOTS)[away], peaks[away], 1)[0]
+    c_s = math.sqrt(modulus / (2 * (1 + dlp.POISSON) * dlp.RHO))
+    assert speed == pytest.approx(c_s, rel=0.1)  # seen: +5 % (pixel-quantised peaks, cylindrical spreading)
