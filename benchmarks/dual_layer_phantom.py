@@ -109,7 +109,9 @@ def cond_score(args) -> None:
         t0 = time.perf_counter()
         draws = post.sample(torch.as_tensor(y), args.num_draws, seed=i)["E"].numpy()
         mean = draws.mean(0)
-        # layer moduli and interface from the posterior mean field: the column-averaged profile
+        # Table 10's form: each layer's modulus is the posterior-mean field averaged over the true
+        # layer's pixels; the interface is where the column-averaged posterior-mean profile crosses
+        # the middle of its range
         profile = mean.mean(1)
         top = profile[z > params[2]].mean() if (z > params[2]).any() else float("nan")
         bottom = profile[z <= params[2]].mean()
