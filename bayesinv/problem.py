@@ -694,17 +694,21 @@ def run_batch(
 
         return _numpyro.run_batch(problem, n, y=y, fixed=fixed, replay_sims=replay_sims, seed=seed,
                                   log_prior=log_prior, vectorize=vectorize)  # fmt: skip
-    with _rng(seed), pyro.validation_enabled(False), warnings.catch_warnings():
+    with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if vectorize is not False and _vectorizable(problem) is not False:
-            batch = _run_vectorized(problem, n, y, fixed, replay_sims, log_prior)
+            with _rng(seed):
+                batch = _run_vectorized(problem, n, y, fixed, replay_sims, log_prior)
             if batch is not None:
                 return batch
             if vectorize:
                 raise ProblemError(
                     f"model {problem.name!r} does not broadcast over a batch plate; use vectorize=False"
                 )
-        return _run_loop(problem, n, y, fixed, replay_sims, log_prior)
+        # seeded afresh: a failed vectorised attempt has drawn random numbers, and the draws of a
+        # batch must not depend on whether this process had tried one before
+        with _rng(seed):
+            return _run_loop(problem, n, y, fixed, replay_sims, log_prior)
 
 
 _VECTORIZABLE: dict[int, bool] = {}

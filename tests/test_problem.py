@@ -216,3 +216,24 @@ def test_observed_sites_that_cannot_be_found_ask_for_observed():
     with pytest.raises(ProblemError, match=r"cannot find the observed site\(s\) of model 'model'.*pass observed=\[site names\]"):
         trace_problem(model)
     assert trace_problem(model, observed=["y"]).observed == ("y",)
+
+
+def test_run_batch_draws_do_not_depend_on_a_failed_vectorised_attempt():
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    from bayesinv.problem import _VECTORIZABLE, run_batch, trace_problem
+
+    def scalar_model(y=None):  # does not broadcast: float() of a batched sample fails
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        b = pyro.sample("b", dist.Normal(float(a), 1.0))
+        return pyro.sample("y", dist.Normal(b, 0.1), obs=y)
+
+    problem = trace_problem(scalar_model)
+    _VECTORIZABLE.pop(id(scalar_model), None)
+    first = run_batch(problem, 5, seed=123)  # tries the vectorised run, falls back to the loop
+    assert _VECTORIZABLE[id(scalar_model)] is False
+    second = run_batch(problem, 5, seed=123)  # straight to the loop
+    for name in ("a", "b", "y"):
+        torch.testing.assert_close(first.values[name], second.values[name], rtol=0, atol=0)
