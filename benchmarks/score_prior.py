@@ -100,7 +100,8 @@ def imaging(args) -> list[dict]:
     for name, baseline, problem, noise in problems:
         post.attach(problem.model)  # the same prior, another operator / noise level
         x_val, y_val = problem.draw(2, seed=50)
-        lam, table = choose_lambda(post, y_val, x_val, problem.operator, candidates=(0.2, 0.5, 0.8, 1.0), num_samples=2,
+        op = getattr(problem, "view_operator", problem.operator)  # CT: the measured views with a right inverse
+        lam, table = choose_lambda(post, y_val, x_val, op, candidates=(0.2, 0.5, 0.8, 1.0), num_samples=2,
                                    steps=args.lambda_steps)  # fmt: skip
         x_test, y_test = problem.draw(args.phantoms, seed=7)
         scores = {baseline: [], "dps": [], "consistency": []}
@@ -108,7 +109,7 @@ def imaging(args) -> list[dict]:
         for k in range(args.phantoms):
             scores[baseline].append(psnr_ssim(x_test[k], problem.baseline(y_test[k])))
             for guidance, opts in (("dps", {"step_rule": "normalized", "step_size": args.zeta}),
-                                   ("consistency", {"operator": problem.operator, "lam": lam})):  # fmt: skip
+                                   ("consistency", {"operator": op, "lam": lam})):  # fmt: skip
                 t0 = time.perf_counter()
                 draws = post.sample(torch.as_tensor(y_test[k]), args.draws, seed=k, guidance=guidance, steps=args.sample_steps,
                                     **opts)["x"].numpy()  # fmt: skip

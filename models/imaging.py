@@ -189,8 +189,14 @@ class SparseViewCT(_Imaging):
 
     Attributes:
         theta: The measured angles in degrees ``(views,)``.
-        operator: The :class:`~bayesinv.methods.score_prior.LinearOperator` (full-view Radon
-            matrix, its pseudo-inverse, the mask of measured views).
+        operator: The :class:`~bayesinv.methods.score_prior.LinearOperator` of eq. 45 as written
+            (full-view Radon matrix, its regularised pseudo-inverse, the mask of measured views).
+            With few views its step is weak: the zero-filled residual is projected onto the
+            range of the full-view transform, which keeps little of it.
+        view_operator: The measured views as the whole measurement (M = R_Λ, Λ = I) with the
+            regularised right inverse :math:`R_\Lambda^T (R_\Lambda R_\Lambda^T + \epsilon I)^{-1}`:
+            the consistency step is then the projection :math:`x + \lambda R_\Lambda^\dagger(\tilde y - R_\Lambda x)`
+            onto the measured data (λ = 1), keeping the unmeasured part of x.
     """
 
     def __init__(self, size: int = 32, views: int = 16, *, full_views: int = 180, noise: float = 0.5, num_ellipses: int = 5,
@@ -216,8 +222,15 @@ class SparseViewCT(_Imaging):
             return (s.reshape(*s.shape[:-2], full_views * n) @ A @ gram_pinv).reshape(*s.shape[:-2], n, n)  # (AᵀA + εI)⁻¹Aᵀ s
 
         self.operator = LinearOperator(forward, adjoint, mask)
-        self._A_sub = A.reshape(full_views, n, n * n)[torch.as_tensor(self.index)].reshape(-1, n * n)
-        self.y_shape = (len(self.index), size)
+        self._A_sub = A_sub = A.reshape(full_views, n, n * n)[torch.as_tensor(self.index)].reshape(-1, n * n)
+        self.y_shape = y_shape = (len(self.index), size)
+        w, V = np.linalg.eigh((A_sub.double() @ A_sub.double().T).numpy())  # the measured views' Gram matrix
+        gram_inv = torch.as_tensor((V / (np.clip(w, 0.0, None) + float(ridge) * w.max())) @ V.T).float()
+
+        def view_adjoint(s: torch.Tensor) -> torch.Tensor:  # A_Λᵀ (A_Λ A_Λᵀ + εI)⁻¹ s
+            return ((s.reshape(*s.shape[:-2], -1) @ gram_inv) @ A_sub).reshape(*s.shape[:-2], n, n)
+
+        self.view_operator = LinearOperator(self.measure, view_adjoint, torch.ones(y_shape, dtype=torch.bool))
         self.dims = {"x": ["row", "col"], "y": ["view", "detector"]}
 
     def measure(self, x: torch.Tensor) -> torch.Tensor:

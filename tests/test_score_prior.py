@@ -274,6 +274,11 @@ def test_ct_radon_matrix_is_scikit_image_radon_and_fbp_reconstructs():
     exact = SparseViewCT(16, 6, full_views=30, noise=0.05, ridge=1e-7).operator
     assert float((exact.adjoint(exact.forward(x)) - x).norm() / x.norm()) < 0.005
     assert float((ct.operator.adjoint(ct.operator.forward(x)) - x).norm() / x.norm()) < 0.2
+    # the measured-view operator: a right inverse, so one λ = 1 step makes x consistent with the data
+    view = SparseViewCT(16, 6, full_views=30, noise=0.05, ridge=1e-7).view_operator
+    y = torch.as_tensor(ys[0])
+    step = torch.zeros(16, 16) + view.adjoint(y - view.forward(torch.zeros(16, 16)))
+    assert float((view.forward(step) - y).norm() / y.norm()) < 0.01
 
 
 def test_mri_operator_is_unitary_and_the_model_observes_the_lines():
