@@ -125,6 +125,18 @@ def test_gaussianize_keeps_the_latent_standard_on_a_field():
 
 
 # -- refusals and save/load -------------------------------------------------------------------------------
+def test_one_prior_serves_another_operator(linear, tmp_path):
+    problem, post, _ = linear
+    other = LinearGaussian(dim=4, num_obs=2, noise=0.3, seed=5)  # another forward matrix, y of 2 entries
+    loaded = bayesinv.load(post.save(tmp_path / "lp.bayesinv")).attach(other.model)
+    _, y2 = other.draw(seed=4)
+    mean, _ = other.posterior(y2)
+    m = loaded.map(y2, reparam="beta", map_steps=300)["theta"].numpy()
+    assert np.abs(m - mean).max() < 0.15  # the latent posterior mode of the new problem
+    loaded.save(tmp_path / "other.bayesinv")  # the observation layout saved is the new one
+    assert bayesinv.load(tmp_path / "other.bayesinv").condition.shapes == ((2,),)
+
+
 def test_registered_as_a_builtin_method():
     from bayesinv.registry import _BUILTIN
 

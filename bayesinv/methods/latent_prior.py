@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from bayesinv._context import RunContext, run_context
 
-from bayesinv.amortized.layout import apply_transforms
+from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms
 from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, register_amortized, to_json, train_options
 from bayesinv.amortized.posterior import AmortizedPosterior
 from bayesinv.amortized.prior_only import prepare_prior_pairs
@@ -511,6 +511,26 @@ class LatentPriorPosterior(AmortizedPosterior):
     Besides the draws of :meth:`sample` / :meth:`infer` (MALA in the latent space), :meth:`map`
     gives the MAP reconstruction of any reparameterisation.
     """
+
+    def attach(self, model: Any, *, observed: Any = None) -> "LatentPriorPosterior":
+        r"""Keeps ``model`` for its likelihood (and deterministic sites). The observation may have another
+        shape than at fit (another operator: fewer views, another k-space mask): the prior does not see
+        y, so the observation layout becomes the model's.
+
+        Arguments:
+            model: A model whose target sites have the fitted shapes.
+            observed: Its observed site names, where they cannot be found automatically.
+
+        Returns:
+            The posterior itself.
+        """
+        super().attach(model, observed=observed)
+        problem = self.problem
+        names = tuple(n for n in problem.observed if n not in problem.fixed_observed)
+        self.condition = Layout(names, tuple(problem.sites[n].shape for n in names))
+        self.c_norm = Normalizer(torch.zeros(self.condition.dim), torch.ones(self.condition.dim)).to(self.device)
+        self.observed, self.obs_keys = names, {k: problem.obs_keys.get(k) for k in names}
+        return self
 
     @torch.no_grad()
     def map(self, y: Any, *, seed: int = 0, **options: Any) -> dict[str, Tensor]:
