@@ -120,3 +120,23 @@ def test_cond_score_net_without_map_channels_builds_as_saved_before():
     assert CondScoreNet(spec).inner.y_map is None
     spec["embedding"]["map_channels"] = 3
     assert CondScoreNet(spec).inner.inp.in_channels == 1 + 3
+
+
+@pytest.mark.parametrize("method", ["cond_score", "flow_matching"])
+def test_mlp_with_a_cnn_embedding_of_a_field_condition_fits_and_samples(method):
+    import pyro
+    import pyro.distributions as dist
+
+    import bayesinv
+
+    grid = torch.linspace(0, 1, 8)
+
+    def model(y=None):  # a 2-D source position seen on an 8 x 8 image
+        theta = pyro.sample("theta", dist.Uniform(torch.zeros(2), torch.ones(2)).to_event(1))
+        img = torch.exp(-((grid[:, None] - theta[..., :1, None]) ** 2 + (grid[None, :] - theta[..., 1:, None]) ** 2) / 0.05)
+        return pyro.sample("y", dist.Normal(img, 0.1).to_event(2), obs=y)
+
+    post = bayesinv.fit(model, method=method, target="theta", num_simulations=64, network="mlp", embedding="cnn",
+                        max_epochs=None, max_steps=3, batch_size=16, progress=False, seed=0)
+    draws = post.sample(torch.zeros(8, 8), 5, seed=1)["theta"]
+    assert draws.shape == (5, 2) and torch.isfinite(draws).all()

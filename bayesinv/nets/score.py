@@ -103,7 +103,9 @@ class CondScoreNet(nn.Module):
         if spec["kind"] == "mlp":
             return MLPEmbedding(self.c_dim, spec["dim"], hidden=(max(128, spec["dim"]),), activation=act)
         shape = tuple(spec["in_shape"])
-        return nn.Sequential(nn.Unflatten(-1, shape), CNNEmbedding(shape, spec["dim"], activation=act))
+        embedding = nn.Sequential(nn.Unflatten(-1, shape), CNNEmbedding(shape, spec["dim"], activation=act))
+        embedding.out_dim = int(spec["dim"])  # what ScoreMLP reads (the Sequential keeps saved files' keys)
+        return embedding
 
     def sigma(self, level: Tensor) -> Tensor:
         return level if self.process is None else self.process.sigma(level)
