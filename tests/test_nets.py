@@ -137,6 +137,9 @@ def test_mlp_with_a_cnn_embedding_of_a_field_condition_fits_and_samples(method):
         return pyro.sample("y", dist.Normal(img, 0.1).to_event(2), obs=y)
 
     post = bayesinv.fit(model, method=method, target="theta", num_simulations=64, network="mlp", embedding="cnn",
-                        max_epochs=None, max_steps=3, batch_size=16, progress=False, seed=0)
+                        embed_pool="flatten", max_epochs=None, max_steps=3, batch_size=16, progress=False, seed=0)
+    assert post.net.inner.embedding[1].pool == "flatten"  # position-aware: a source position is a vector target
     draws = post.sample(torch.zeros(8, 8), 5, seed=1)["theta"]
     assert draws.shape == (5, 2) and torch.isfinite(draws).all()
+    with pytest.raises(bayesinv.OptionError, match="embed_pool"):
+        bayesinv.fit(model, method=method, target="theta", num_simulations=64, embed_pool="max")

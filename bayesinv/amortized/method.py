@@ -237,16 +237,21 @@ class ScoreNetOptions(UNetOptions):
         hidden: Hidden layer sizes of the MLP.
         embedding: Observation embedding: ``"none"``, ``"mlp"``, ``"cnn"`` or ``"auto"`` (U-Net:
             channels on the grid, CNN for one field, MLP otherwise; MLP network: raw).
+        embed_pool: How the CNN embedding summarises its last feature map: ``"mean"`` (global
+            average pooling: shift invariant, right for field targets) or ``"flatten"`` (every
+            position: for vector targets that locate something, such as an inclusion centre).
     """
 
     network: str = "auto"
     hidden: tuple[int, ...] = (256, 256, 256)
     embedding: str = "auto"
+    embed_pool: str = "mean"
 
     def check_network(self) -> None:
         r"""Validates the network fields (called by each config's ``__post_init__``)."""
         check_choice(self, "network", ("auto", "mlp", "unet"))
         check_choice(self, "embedding", ("auto", "none", "mlp", "cnn"))
+        check_choice(self, "embed_pool", ("mean", "flatten"))
         check_sizes(self, "hidden")
         self.check_unet()
 

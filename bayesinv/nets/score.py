@@ -103,7 +103,8 @@ class CondScoreNet(nn.Module):
         if spec["kind"] == "mlp":
             return MLPEmbedding(self.c_dim, spec["dim"], hidden=(max(128, spec["dim"]),), activation=act)
         shape = tuple(spec["in_shape"])
-        embedding = nn.Sequential(nn.Unflatten(-1, shape), CNNEmbedding(shape, spec["dim"], activation=act))
+        cnn = CNNEmbedding(shape, spec["dim"], activation=act, pool=spec.get("pool", "mean"))  # files before "pool": mean
+        embedding = nn.Sequential(nn.Unflatten(-1, shape), cnn)
         embedding.out_dim = int(spec["dim"])  # what ScoreMLP reads (the Sequential keeps saved files' keys)
         return embedding
 
@@ -144,7 +145,7 @@ class CondScoreNet(nn.Module):
 
 def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict) -> dict:
     r"""The JSON-able spec of a :class:`CondScoreNet` for a config (fields ``network``, ``hidden``,
-    ``activation``, ``embedding``, ``embed_dim``, ``embed_map_channels``, ``base_channels``,
+    ``activation``, ``embedding``, ``embed_dim``, ``embed_pool``, ``embed_map_channels``, ``base_channels``,
     ``channel_mults``), the target and condition layouts and a process spec.
 
     ``network="auto"``: a U-Net for one 2-D field target (at least 4 × 4), else an MLP.
@@ -166,6 +167,8 @@ def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict) -> dict
                 raise ProblemError(f"embedding='cnn' needs one 2-D field condition; got {dict(zip(condition.names, condition.shapes))}")
             kind = cfg.embedding
             spec["embedding"] = {"kind": kind, "dim": cfg.embed_dim, "in_shape": list(_grid(condition.shapes[0]) or ())}
+            if kind == "cnn":
+                spec["embedding"]["pool"] = getattr(cfg, "embed_pool", "mean")
         return spec
     if x_grid is None:
         raise ProblemError(
@@ -189,6 +192,8 @@ def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict) -> dict
             raise ProblemError(f"embedding='cnn' needs one 2-D field condition; got {dict(zip(condition.names, condition.shapes))}")
         spec["embedding"] = {"kind": kind, "dim": cfg.embed_dim, "in_shape": list(_grid(condition.shapes[0]) or ()),
                              "map_channels": int(cfg.embed_map_channels)}  # fmt: skip
+        if kind == "cnn":
+            spec["embedding"]["pool"] = getattr(cfg, "embed_pool", "mean")
     return spec
 
 
