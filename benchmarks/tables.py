@@ -145,51 +145,65 @@ def _f(x: Any, fmt: str = ".3f") -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
 
 
-#: two_moons runs on the page, grouped: runs of one group cover disjoint observations and merge.
-TWO_MOONS_GROUPS = {"defaults of 2026-11-23": ["two_moons_default", "two_moons_obs8-10", "two_moons_npse-obs7"],
-                    "flow with fast options": ["two_moons_fast_flow"]}
+#: two_moons runs on the page, grouped: runs of one group cover disjoint observations and merge;
+#: each group's fit-time ratios are to the sbi peer fitted in the same run(s).
+TWO_MOONS_GROUPS = {"flow, defaults": ["two_moons_defaults_flow_npe"],
+                    "cond_score, defaults": ["two_moons_defaults_cond_score_npse"],
+                    "flow_matching, defaults": ["two_moons_defaults_flow_matching_npse"]}
 
 
 def page_two_moons() -> list[str]:
     cite, rows = _Commands(), []
     for group, names in TWO_MOONS_GROUPS.items():
-        c2st, fits, refs = defaultdict(list), defaultdict(list), defaultdict(set)
+        c2st, fits, cpus, refs = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(set)
         for d in filter(None, map(_load, names)):
             for r in d["results"]:
                 c2st[r["method"]].append(r["c2st"])
                 refs[r["method"]].add(cite(d["meta"]))
             for method in {r["method"] for r in d["results"]}:
-                fits[method].append(d["fits"]["cond_score" if method.startswith("cond_score") else method]["fit_time_s"])
-        fit = {m: float(np.median(v)) for m, v in fits.items()}
+                fit = d["fits"]["cond_score" if method.startswith("cond_score") else method]
+                fits[method].append(fit["fit_time_s"])
+                if "fit_cpu_s" in fit:
+                    cpus[method].append(fit["fit_cpu_s"])
+        wall = {m: float(np.median(v)) for m, v in fits.items()}
+        cpu = {m: float(np.median(v)) for m, v in cpus.items()}
         for method in c2st:
             peer = None if method in ("npe", "npse") else ("npse" if method.startswith(("cond_score", "flow_matching")) else "npe")
-            ratio = f"{fit[method] / fit[peer]:.2f}× {peer.upper()}" if peer in fit else "–"
+            ratio = f"{wall[method] / wall[peer]:.2f}× / {cpu[method] / cpu[peer]:.2f}× {peer.upper()}" if peer in cpu and method in cpu else (
+                f"{wall[method] / wall[peer]:.2f}× {peer.upper()}" if peer in wall else "–")
             name = f"sbi {method.upper()}" if peer is None else method
-            rows.append([group, name, f"{np.mean(c2st[method]):.3f}", str(len(c2st[method])), f"{fit[method]:.0f}", ratio,
-                         " ".join(sorted(refs[method]))])
+            rows.append([group, name, f"{np.mean(c2st[method]):.3f}", str(len(c2st[method])), f"{wall[method]:.0f}",
+                         _f(cpu.get(method), ".0f"), ratio, " ".join(sorted(refs[method]))])
     return ["## two_moons (sbibm) against sbi", "",
-            "C2ST of 10,000 draws against sbibm's reference draws (0.5 = indistinguishable), mean over the",
-            "observations; every method trains on the same 10,000 simulations in the same run as sbi 0.27's",
-            "NPE and NPSE. Targets: flow at NPE's C2ST or better in ≤ 0.5× NPE's fit time; cond_score and",
-            "flow_matching at NPSE's or better in ≤ 0.5× NPSE's.", "",
-            *_table(["runs", "method", "C2ST", "obs.", "fit (s, median)", "fit time", "cmd"], rows), *cite.render()]
+            "C2ST of the posterior draws against sbibm's reference draws (0.5 = indistinguishable), mean over the",
+            "observations; every method trains on the same 10,000 simulations, called without options, in the same",
+            "run as sbi 0.27's NPE or NPSE. Targets: flow at NPE's C2ST or better in ≤ 0.5× NPE's fit time;",
+            "cond_score and flow_matching at NPSE's or better in ≤ 0.5× NPSE's. Fit times as wall / CPU seconds of",
+            "the fitting process (the machine was shared, so the CPU ratio is the fairer one).", "",
+            *_table(["run", "method", "C2ST", "obs.", "fit wall (s)", "fit CPU (s)", "fit time (wall / CPU)", "cmd"], rows),
+            *cite.render()]
 
 
 def page_default_settings() -> list[str]:
-    cite, table, problems = _Commands(), defaultdict(dict), {}
-    for path in sorted(RESULTS.glob("default_settings_*.json")):
-        if path.stem.endswith("_before"):
-            continue
-        d = json.loads(path.read_text())
+    cite, latest, problems = _Commands(), {}, []
+    paths = list(RESULTS.glob("default_settings_*.json"))
+    for d in sorted((json.loads(p.read_text()) for p in paths), key=lambda d: d["meta"]["date_utc"]):
+        per: dict = defaultdict(list)
         for r in d["results"]:
             key = f"{r['problem']} ({r.get('kind', '')})"
-            problems.setdefault(key, set()).add(cite(d["meta"]))
-            table[r["method"]].setdefault(key, []).append(r["c2st"])
-    head = ["method"] + [f"{p} {' '.join(sorted(c))}" for p, c in problems.items()]
-    rows = [[m if m != "npe" else "sbi NPE"] + [_f(float(np.mean(v[p]))) if p in v else "–" for p in problems] for m, v in table.items()]
+            if key not in problems:
+                problems.append(key)
+            per[(r["method"], key)].append(r["c2st"])
+        for k, v in per.items():  # a later run of the same method and problem supersedes an earlier one
+            latest[k] = (float(np.mean(v)), cite(d["meta"]))
+    methods = list(dict.fromkeys(m for m, _ in latest))
+    rows = [[m if m != "npe" else "sbi NPE"] + [f"{latest[(m, p)][0]:.3f} {latest[(m, p)][1]}" if (m, p) in latest else "–"
+                                                  for p in problems] for m in methods]
     return ["## Default settings (no options passed)", "",
             "C2ST (0.5 = indistinguishable) of every learned method called without options, beside sbi's NPE,",
-            "on vector problems with reference posteriors.", "", *_table(head, rows), *cite.render()]
+            "on vector problems with reference posteriors; each cell from the latest run of that method on that",
+            "problem (`[n]`: the run). flow's and cond_score's training defaults changed on 2026-12-02: their cells",
+            "from earlier runs are of the previous defaults.", "", *_table(["method", *problems], rows), *cite.render()]
 
 
 #: Conditional-density result labels on the page (method label -> shown as).
