@@ -1,4 +1,6 @@
-r"""How stiff is the tumour spheroid? Optical coherence elastography through a wrapped phase.
+r"""
+How stiff is the tumour spheroid? Optical coherence elastography through a wrapped phase
+========================================================================================
 
 1. Draws a spheroid from the full prior of the paper (Table 11: nuclei placed
    sequentially, cells from a power diagram), compresses it (plane-strain FEM on the

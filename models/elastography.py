@@ -24,7 +24,7 @@ The synthetic problem of the conditional score-based diffusion paper for mechani
   not depend on the modulus scale (displacement-controlled loading).
 - **Observation** ``y`` (56, 56): u_y plus noise σ_η·u_max truncated at ±3σ_η·u_max
   (:class:`TruncatedNormal`), σ_η ∈ {0.025, 0.05, 0.10}; u_max = :data:`U_MAX`, the
-  largest |u_y| over 500 prior draws (computed by :func:`compute_u_max`, stored).
+  largest \|u_y\| over 500 prior draws (computed by :func:`compute_u_max`, stored).
 - **Ranges for min-max normalisation** (done by the learned methods): ``mu`` ∈ [0.1, 1.5]
   kPa; u_y ∈ [−U_MAX, 0] cm; ``y`` ∈ [−(1 + 3σ_η) U_MAX, 3σ_η U_MAX] cm.
 - **Reference posterior**: self-normalised importance sampling with the prior as
@@ -534,7 +534,7 @@ def make_problem(noise: float = 0.05, **kw: Any) -> Elastography:
 
 
 def compute_u_max(num_draws: int = 500, seed: int = 0) -> float:
-    r"""The largest |u_y| (cm) over ``num_draws`` prior draws: how :data:`U_MAX` was computed."""
+    r"""The largest \|u_y\| (cm) over ``num_draws`` prior draws: how :data:`U_MAX` was computed."""
     gen = torch.Generator().manual_seed(seed)
     lo, hi = CENTER_RANGE
     centers = lo + (hi - lo) * torch.rand(num_draws, 2, generator=gen)

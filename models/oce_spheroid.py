@@ -880,7 +880,7 @@ class OCESpheroid:
         z = ``mean`` + ``scale`` · w in the coordinates (width, ratio, x, y,
         ln(E_spheroid / E_hydrogel), E_hydrogel, top displacement), and a
         ``pyro.factor`` replaces the N(0, I) density by the Table-11 prior of θ(z) with its
-        Jacobian (|∂E_spheroid/∂z₄| = E_spheroid; the constant ∏ scale drops out):
+        Jacobian (\|∂E_spheroid/∂z₄\| = E_spheroid; the constant ∏ scale drops out):
 
         .. math:: p(w \mid y) \propto p_\theta(\theta(z(w)))\, E_s(z)\, p(y \mid \theta(z(w)))
 

@@ -282,7 +282,7 @@ class AmortizedPosterior:
             options: Sampling options of the method.
 
         Returns:
-            An InferenceData with ``posterior`` (chain, draw, *site dims), ``observed_data``,
+            An InferenceData with ``posterior`` (chain, draw, site dims...), ``observed_data``,
             ``sample_stats`` and ``attrs`` (method, options, seed, times).
         """
         seed = check_seed(seed)
