@@ -52,21 +52,16 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
-from bayesinv._context import RunContext, run_context
 
 from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms
+from bayesinv.amortized.likelihood import check_likelihood, model_log_likelihood
 from bayesinv.amortized.method import AmortizedMethod, check_choice, check_float, check_int, register_amortized, to_json, train_options
 from bayesinv.amortized.posterior import AmortizedPosterior
 from bayesinv.amortized.prior_only import prepare_prior_pairs
@@ -80,7 +75,6 @@ __all__ = ["LatentPriorConfig", "LatentPriorSampler", "LatentPriorPosterior", "L
 REPARAMS = ("none", "beta", "gaussianize")
 #: Latents of at most this many entries get the Hessian preconditioner with ``precondition="auto"``.
 PRECONDITION_MAX_DIM = 4096
-_PLATE = "_bayesinv_draws"  # the batch plate of bayesinv.problem.run_batch
 FLOWS = ("auto", "multiscale", "realnvp")
 
 #: Training defaults of ``method="latent_prior"`` (they replace TrainOptions' class defaults; the user's options override them).
@@ -243,81 +237,8 @@ def check_differentiable(problem: Problem, target: tuple[str, ...]) -> None:
         problem: The traced problem.
         target: The target sites.
     """
-    if problem.simulators:
-        raise ProblemError(
-            f"method 'latent_prior' differentiates the model's likelihood through the flow, but the model calls the"
-            f" black-box simulator(s) {list(problem.simulators)}, which have no gradient; use an amortized method"
-            " trained on simulations (method='cond_score', 'flow' or 'flow_matching'), or 'mcmc' / 'importance'"
-        )
-    if problem.implicit:
-        raise ProblemError(
-            f"method 'latent_prior' needs the likelihood of the observed site(s) {list(problem.implicit)}, whose"
-            " distribution is Implicit (it can be simulated, not scored); use method='cond_score' or 'flow'"
-        )
-    if problem.language != "pyro":
-        raise ProblemError("method 'latent_prior' differentiates Pyro models; write the model in Pyro (or pass its Pyro twin)")
-    order = list(problem.sites)
-    first = min(order.index(n) for n in target)
-    late = [n for n in problem.latent if n not in target and order.index(n) > first]
-    if late:
-        raise ProblemError(
-            f"the latent site(s) {late} come after the target {list(target)} in the model, so the likelihood would"
-            " draw them at random: add them to target= (the prior then covers them) or fix them in the model"
-        )
-
-
-class _SetSites(Messenger):
-    r"""Sets latent and deterministic sites to given values; the model continues from them."""
-
-    def __init__(self, values: Mapping[str, Tensor]):
-        super().__init__()
-        self.values = values
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and msg["name"] in self.values:
-            msg["value"] = self.values[msg["name"]]
-
-
-def _log_lik_run(problem: Problem, values: Mapping[str, Tensor], y: Mapping[str, Tensor], n: int | None) -> Tensor:
-    with run_context(RunContext(batch_size=n)), poutine.trace() as tracer, _SetSites(values):
-        with pyro.plate(_PLATE, n, dim=-(problem.batch_ndim + 1)) if n is not None else contextlib.nullcontext():
-            problem.model(problem.model_argument(dict(y)))
-    total = torch.zeros(() if n is None else (n,))
-    for name in (*problem.observed, *problem.fixed_observed):
-        site = tracer.trace.nodes[name]
-        lp = torch.as_tensor(scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]))
-        if n is not None and (lp.dim() == 0 or lp.shape[0] != n):
-            raise ValueError("the observation's log-density does not have one value per row")
-        total = total + (lp.sum() if n is None else lp.reshape(n, -1).sum(-1))
-    return total
-
-
-def model_log_likelihood(problem: Problem, values: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Tensor:
-    r"""The model's own log-likelihood :math:`\log p(y \mid x)` of each row of target values, differentiable.
-
-    The model runs with its target sites set to ``values`` (vectorised under a batch plate, else
-    row by row) and its observed sites conditioned on ``y``; the summed log-densities of the
-    observation sites, whatever their law, are returned with the graph to ``values``.
-
-    Arguments:
-        problem: The traced (Pyro) problem.
-        values: Target site → values ``(R, *shape)``.
-        y: Observed site → one observation.
-
-    Returns:
-        ``(R,)`` log-likelihoods.
-    """
-    n = next(iter(values.values())).shape[0]
-    with pyro.validation_enabled(False):
-        try:
-            out = _log_lik_run(problem, values, y, n)
-            if out.shape == (n,):
-                return out
-        except ProblemError:
-            raise
-        except Exception:  # noqa: BLE001 - the model does not broadcast: row by row
-            pass
-        return torch.stack([_log_lik_run(problem, {k: v[i] for k, v in values.items()}, y, None) for i in range(n)])
+    check_likelihood(problem, target, "method 'latent_prior'", "an amortized method trained on simulations"
+                     " (method='cond_score', 'flow' or 'flow_matching'), or 'mcmc' / 'importance'")
 
 
 def _pairs(problem: Problem, target: tuple[str, ...], condition: Any, **options: Any):

@@ -43,20 +43,16 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
-import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
-from bayesinv._context import RunContext, run_context
 from bayesinv.amortized.layout import Layout, apply_transforms
+from bayesinv.amortized.likelihood import check_likelihood as _check_likelihood
+from bayesinv.amortized.likelihood import model_log_likelihood
 from bayesinv.amortized.method import (
     AmortizedMethod, ScoreNetOptions, TrainOptions, check_choice, check_float, check_int, register_amortized, to_json,
 )  # fmt: skip
@@ -75,7 +71,6 @@ __all__ = [
 ]  # fmt: skip
 
 GUIDANCES = ("dps", "consistency", "none")
-_PLATE = "_bayesinv_draws"
 
 
 class LinearOperator(NamedTuple):
@@ -245,96 +240,12 @@ def check_sample(settings: Mapping[str, Any], scfg: ScorePriorSampler, given: se
 
 
 # -- the model's log-likelihood --------------------------------------------------------------
-class _Substitute(Messenger):
-    r"""Sets latent and deterministic sites to given values (the model continues from them)."""
-
-    def __init__(self, values: Mapping[str, Tensor]):
-        super().__init__()
-        self.values = values
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and msg["name"] in self.values:
-            msg["value"] = self.values[msg["name"]]
-
-
-def _rows(lp: Tensor, n: int | None) -> Tensor:
-    r"""A site's log-density summed to one value per row (``n`` rows, or one run)."""
-    lp = torch.as_tensor(lp)
-    if n is None:
-        return lp.sum()
-    if lp.dim() == 0:
-        return lp.expand(n)
-    if lp.shape[0] != n:
-        lp = lp.expand(n, *lp.shape[1:]) if lp.shape[0] == 1 else lp.sum().expand(n) / n
-    return lp.reshape(n, -1).sum(-1)
-
-
-def _log_lik_run(problem: Problem, values: Mapping[str, Tensor], y: Mapping[str, Tensor], n: int | None) -> Tensor:
-    names = (*problem.observed, *problem.fixed_observed)
-    with run_context(RunContext(batch_size=n)), poutine.trace() as tracer, _Substitute(values):
-        with pyro.plate(_PLATE, n, dim=-(problem.batch_ndim + 1)) if n is not None else contextlib.nullcontext():
-            problem.model(problem.model_argument(dict(y)))
-    total = 0.0
-    for name in names:
-        site = tracer.trace.nodes[name]
-        lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
-        total = total + _rows(lp, n)
-    return total
-
-
 def check_likelihood(problem: Problem, target: Sequence[str], what: str = "guidance='dps'") -> None:
     r"""Refuses a model whose likelihood cannot be differentiated with the target set: a black-box
     simulator, an implicit observation, a NumPyro model, or a latent site after the target."""
-    if problem.simulators:
-        raise ProblemError(
-            f"score_prior with {what} differentiates the model's likelihood, but the model calls the black-box"
-            f" simulator(s) {list(problem.simulators)}, which have no gradient; use method='cond_score' (trained on"
-            " simulations only) or 'csd_star' (a prior started from a classical reconstruction), or"
-            " guidance='consistency' with a linear operator"
-        )
-    if problem.implicit:
-        raise ProblemError(
-            f"score_prior with {what} needs the likelihood of the observed site(s) {list(problem.implicit)}, whose"
-            " distribution is Implicit (it can be simulated, not scored); use method='cond_score'"
-        )
-    if problem.language != "pyro":
-        raise ProblemError(f"score_prior with {what} differentiates Pyro models; write the model in Pyro or use guidance='consistency'")
-    order = list(problem.sites)
-    first = min(order.index(n) for n in target)
-    late = [n for n in problem.latent if n not in target and order.index(n) > first]
-    if late:
-        raise ProblemError(
-            f"the latent site(s) {late} come after the target {list(target)} in the model, so the likelihood would"
-            " draw them at random: add them to target= (the prior then covers them) or fix them in the model"
-        )
-
-
-def model_log_likelihood(problem: Problem, values: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Tensor:
-    r"""The model's log-likelihood :math:`\log p(y \mid x)` of each row of target values, differentiable.
-
-    The model runs (vectorised under a batch plate, else row by row) with its target sites
-    set to ``values`` and its observed sites conditioned on ``y``; the summed log-densities
-    of the observation sites are returned, with the graph to ``values`` kept.
-
-    Arguments:
-        problem: The traced (Pyro) problem.
-        values: Target site → values ``(R, *shape)`` (latent or deterministic sites).
-        y: Observed site → one observation (the site's shape).
-
-    Returns:
-        ``(R,)`` log-likelihoods.
-    """
-    n = next(iter(values.values())).shape[0]
-    with pyro.validation_enabled(False):
-        try:
-            out = _log_lik_run(problem, values, y, n)
-            if out.shape == (n,):
-                return out
-        except ProblemError:
-            raise
-        except Exception:  # noqa: BLE001 - the model does not broadcast: row by row
-            pass
-        return torch.stack([_log_lik_run(problem, {k: v[i] for k, v in values.items()}, y, None) for i in range(n)])
+    _check_likelihood(problem, target, f"score_prior with {what}", "method='cond_score' (trained on simulations only) or"
+                      " 'csd_star' (a prior started from a classical reconstruction), or guidance='consistency' with a"
+                      " linear operator")
 
 
 # -- the sampler ----------------------------------------------------------------------------
