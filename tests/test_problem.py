@@ -113,7 +113,7 @@ def test_tracing_retries_other_prior_draws():
     p = trace_problem(_fails_on_7_percent)
     assert p.latent == ("theta",) and p.observed == ("y",)
     idata = bayesinv.infer(_fails_on_7_percent, 0.3, num_samples=200, num_proposals=5000, seed=0, progress=False)
-    assert idata.posterior["theta"].shape == (1, 200)
+    assert idata.posterior["theta"].shape == (4, 50)  # importance draws laid out as 4 chains (resampled_layout)
 
 
 def test_tracing_reports_the_real_error_when_every_draw_fails():
@@ -176,7 +176,7 @@ def test_models_transforming_y_are_traced_without_observed(model, transformed):
     assert p.obs_keys == {"y": None} and p.transformed_observed == transformed
     y = np.full(p.sites["y"].shape, 0.5, dtype=np.float32)
     idata = bayesinv.infer(model, y, num_samples=100, num_proposals=4000, seed=0, progress=False)
-    assert idata.posterior["theta"].shape == (1, 100, p.sites["theta"].shape[0])
+    assert idata.posterior["theta"].shape == (4, 25, p.sites["theta"].shape[0])  # importance: 4 chains
     np.testing.assert_array_equal(idata.observed_data["y"].values, y)
 
 
