@@ -42,7 +42,8 @@ def main() -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    figures = sorted(p for p in out.rglob("*.png") if p.stat().st_mtime >= start)
+    # the example's own figures: written during the run under out/<name>... (another run may write too)
+    figures = sorted(p for p in out.rglob("*.png") if p.stat().st_mtime >= start and p.relative_to(out).parts[0].startswith(name))
     for i, p in enumerate(figures):
         shutil.copy(p, dest / f"{i:02d}_{p.name}")
     (dest / "stdout.txt").write_text(run.stdout)
