@@ -54,26 +54,17 @@ import torch  # noqa: E402
 
 import bayesinv  # noqa: E402
 from _common import metadata, set_threads, write_results  # noqa: E402
+from elastography import OUT, PUBLISHED, normalise  # noqa: E402  (benchmarks/elastography.py: the field-target benchmark)
+from elastography import training_pairs as field_training_pairs  # noqa: E402
 from bayesinv.models import elastography as el  # noqa: E402
 from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding  # noqa: E402
 
-#: Published cSDM RMSE (normalised units) of the mean and std fields against the reference (field target).
-PUBLISHED = {0.025: (0.025, 0.029), 0.05: (0.031, 0.032), 0.10: (0.051, 0.051)}
-OUT = Path("out/elastography")
 METHODS = ("cond_score", "flow", "flow_matching")
 
 
-def normalise(mu: np.ndarray) -> np.ndarray:
-    return (mu - el.MU_BACKGROUND) / (el.MU_INCLUSION - el.MU_BACKGROUND)
-
-
 def training_pairs(ds, noise: float, seed: int) -> dict[str, torch.Tensor]:
-    r"""(center, y) with fresh truncated noise of level ``noise`` on the stored noise-free displacements."""
-    u = torch.as_tensor(np.asarray(ds["_sim_displacement"].values), dtype=torch.float32)
-    s = torch.full_like(u, noise * el.U_MAX)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        y = el.TruncatedNormal(u, s, u - 3 * s, u + 3 * s).sample()
+    r"""(center, y): the field benchmark's noisy measurements (same noise, same seed) with the latent as target."""
+    y = field_training_pairs(ds, noise, seed)["y"]
     return {"center": torch.as_tensor(np.asarray(ds["center"].values), dtype=torch.float32), "y": y}
 
 

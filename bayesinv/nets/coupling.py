@@ -54,6 +54,20 @@ def _checkerboard(h: int, w: int, parity: int, device) -> Tensor:
     return (((i + j) % 2) == parity).float().view(1, 1, h, w)
 
 
+
+def multiscale_latent_shapes(x_shape: Sequence[int], scales: int) -> list[tuple[int, int, int]]:
+    r"""The latent shapes of a multi-scale flow on ``x_shape`` ``(C, H, W)``: at each of ``scales``
+    squeezes (2 × 2 → channels) half the channels are factored out, the last scale keeps all."""
+    c, h, w = x_shape
+    shapes = []
+    for i in range(scales):
+        c, h, w = c * 4, h // 2, w // 2
+        if i < scales - 1:
+            shapes.append((c // 2, h, w))
+            c //= 2
+    shapes.append((c, h, w))
+    return shapes
+
 class AffineCoupling(nn.Module):
     r"""A conditional affine coupling of images with a checkerboard or channel mask.
 
@@ -223,15 +237,7 @@ class MultiscaleConditionalFlow(nn.Module):
         return h
 
     def _latent_shapes(self) -> list[tuple[int, int, int]]:
-        c, h, w = self.x_shape
-        shapes = []
-        for i in range(self.scales):
-            c, h, w = c * 4, h // 2, w // 2
-            if i < self.scales - 1:
-                shapes.append((c // 2, h, w))
-                c //= 2
-        shapes.append((c, h, w))
-        return shapes
+        return multiscale_latent_shapes(self.x_shape, self.scales)
 
     # -- the distribution interface -----------------------------------------------------
     def forward(self, c: Tensor) -> "MultiscaleDistribution":

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bayesinv.errors import ProblemError
-from bayesinv.nets.coupling import AffineCoupling
+from bayesinv.nets.coupling import AffineCoupling, multiscale_latent_shapes
 
 __all__ = ["ActNorm", "InvConv1x1", "MultiscaleFlow", "VectorFlowPrior"]
 
@@ -137,15 +137,7 @@ class MultiscaleFlow(nn.Module):
         return math.prod(self.x_shape)
 
     def _latent_shapes(self) -> list[tuple[int, int, int]]:
-        c, h, w = self.x_shape
-        shapes = []
-        for i in range(self.scales):
-            c, h, w = c * 4, h // 2, w // 2
-            if i < self.scales - 1:
-                shapes.append((c // 2, h, w))
-                c //= 2
-        shapes.append((c, h, w))
-        return shapes
+        return multiscale_latent_shapes(self.x_shape, self.scales)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
