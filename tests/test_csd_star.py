@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import bayesinv
-from bayesinv.diffusion import VE, predictor_corrector
+from bayesinv.diffusion import VE, predictor_corrector, reverse_from, step_time
+from bayesinv.diffusion.from_start import insert_time, sample_from_start
 from bayesinv.methods.csd_star import CSDStarPosterior, choose_insert_step
 from bayesinv.problem import ProblemError
 
@@ -57,6 +58,30 @@ def test_pc_from_an_intermediate_time_reaches_the_data_distribution():
     assert out.std().item() == pytest.approx(s0, rel=0.05)
 
 
+def test_sample_from_start_is_reverse_from_with_n_draws_per_start_and_its_stats():
+    # data N(0, s0²) in 2-D, exact score; K' = K forgets the start, K' = 1 stays near it
+    proc, s0 = VE(sigma_max=10.0), 0.5
+    score = lambda x, t: -x / (s0**2 + proc.sigma_sq(t))  # noqa: E731
+    starts = torch.tensor([[3.0, -3.0], [1.0, 2.0]])
+    gen = torch.Generator().manual_seed(0)
+    x, stats = sample_from_start(score, starts, proc, 5, insert_step=7, steps=20, t_min=1e-3, generator=gen)
+    ref = reverse_from(score, starts.repeat_interleave(5, 0), proc, insert_step=7, steps=20, t_min=1e-3,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert x.shape == (2, 5, 2) and torch.equal(x.reshape(10, 2), ref.x)
+    assert stats == {"sampler": "pc", "insert_step": 7, "steps": 20, "t_insert": step_time(7, 20, 1e-3), "nfe": 7 * 2 + 1,
+                     "sigma_insert": pytest.approx(float(proc.sigma(torch.tensor(step_time(7, 20, 1e-3)))))}  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    far = sample_from_start(score, starts, proc, 4000, insert_step=200, steps=200, t_min=1e-3, generator=gen)[0]
+    assert far.mean().abs().item() < 0.05 and far.std().item() == pytest.approx(s0, rel=0.05)  # 8,000 draws of 2 coordinates
+    near = sample_from_start(score, starts, proc, 100, insert_step=1, steps=200, t_min=1e-3, generator=gen)[0]
+    # sigma(t') = 0.03: one predictor-corrector step and the denoising pull (0.18 at most when written)
+    assert (near - starts[:, None]).abs().max().item() < 0.3
+    assert insert_time(200, 200, 1e-3) == 1.0
+    for bad in (0, 201):
+        with pytest.raises(ProblemError, match="insert_step K' must lie in 1..K = 200"):
+            insert_time(bad, 200, 1e-3)
+
+
 def test_shapes_options_and_stats(post, data):
     y = data["y"].values[:3]
     draws = post.sample(y, 2, seed=0)["field"]
@@ -89,6 +114,14 @@ def test_choose_insert_step_and_start(post, data):
     y, truth = data["y"].values[40:60], data["field"].values[40:60]
     best, table = choose_insert_step(post, y, truth, candidates=(1, 40), update=False)
     assert set(table) == {1, 40} and best == 40 and table[40] < table[1]
+    # update: the best K' becomes the default, with the K it is a step of; the fitted settings are put back after
+    saved = dict(post.config)
+    try:
+        best, table = choose_insert_step(post, y, truth, candidates=(2, 20), steps=50, update=True)
+        assert post.insert_step == best == min(table, key=table.get) and post.config["steps"] == 50
+    finally:
+        post.config.clear()
+        post.config.update(saved)
     same = post.sample(y, 1, seed=3, start=RampSolver().gauss_newton(y))["field"]
     np.testing.assert_allclose(same, post.sample(y, 1, seed=3)["field"], atol=1e-5)
 

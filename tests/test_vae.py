@@ -1,9 +1,14 @@
+import copy
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 import bayesinv
-from bayesinv.methods.vae import TwoStageVAE, VAEPosterior
+from bayesinv.amortized.layout import Layout
+from bayesinv.errors import OptionError
+from bayesinv.methods.vae import TwoStageVAE, VAEConfig, VAEPosterior
 from bayesinv.models.toy import LinearGaussian
 from bayesinv.problem import ProblemError
 
@@ -77,3 +82,41 @@ def test_two_stage_net_and_options(obs):
     assert post.net.latent_dim == 2 and post.sample(obs[0], 3, seed=0)["theta"].shape == (3, 3)
     with pytest.raises(ProblemError, match="spread"):
         post.sample(obs[0], 3, spread=-1.0)
+
+
+def test_train_stages_train_both_stages_and_keep_their_ema_weights():
+    torch.manual_seed(0)
+    net = TwoStageVAE(4, 6, latent_dim=2, hidden=(8,), regressor_hidden=(8,))
+    x, c, calls = torch.randn(10, 4), torch.randn(10, 6), []
+
+    def run(loss_fn, module, data, suffix):  # the shared loop's stand-in: an "EMA copy" with constant weights
+        frozen = not any(p.requires_grad for p in net.encoder.parameters())
+        finite = bool(torch.isfinite(loss_fn(module, *data)))
+        calls.append((suffix, type(module).__name__, [tuple(d.shape) for d in data], frozen, finite))
+        ema = copy.deepcopy(module)
+        for p in ema.parameters():
+            p.data.fill_(0.5 if suffix == ".stage1" else 0.25)
+        return SimpleNamespace(model=module, ema_model=ema)
+
+    results = net.train_stages(run, x, c, 0.1, torch.arange(3, 8))
+    assert calls == [(".stage1", "Stage1Loss", [(10, 4)], False, True), (".stage2", "Stage2Loss", [(10, 4), (10, 6)], True, True)]
+    assert len(results) == 2 and all(p.requires_grad for p in net.parameters())
+    assert all(bool((p == 0.5).all()) for m in (net.encoder, net.decoder) for p in m.parameters())
+    assert all(bool((p == 0.25).all()) for p in net.regressor.parameters())
+    # the latent spread: the RMS of z - f(y) on rows 3..7, with the stage weights (encoder noise: a spread > 0)
+    assert net.z_spread.shape == (2,) and bool((net.z_spread > 0).all())
+
+
+def test_vae_options_and_saved_settings():
+    cfg = VAEConfig(latent_dim=3, hidden=(16,), regressor_hidden=(8, 8), embedding="mlp", embed_dim=5, beta=0.5)
+    target, condition = Layout(("theta",), ((4,),)), Layout(("y",), ((6,),))
+    settings = cfg.vae_settings(target, condition)
+    assert settings["beta"] == 0.5 and settings["architecture"] == dict(
+        x_dim=4, c_dim=6, latent_dim=3, hidden=[16], regressor_hidden=[8, 8], embedding="mlp", embed_dim=5
+    )
+    net = TwoStageVAE.from_settings(settings)
+    assert net.latent_dim == 3 and net.regress(torch.zeros(2, 6)).shape == (2, 3)
+    assert VAEConfig().vae_settings(target, condition)["architecture"]["latent_dim"] == 4  # None: min(D, 32)
+    for name, bad in (("beta", -1.0), ("hidden", (0,)), ("embedding", "rnn"), ("latent_dim", 0)):
+        with pytest.raises(OptionError, match=f"VAEConfig: option {name}="):
+            VAEConfig(**{name: bad})

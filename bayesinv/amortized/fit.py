@@ -28,7 +28,7 @@ from bayesinv.errors import OptionError
 from bayesinv.problem import Problem
 
 __all__ = ["INFO_KEYS", "check_fit_options", "fit_posterior", "seeded_rng", "info_record", "choose_sample_option", "seeded_from",
-           "trained_model", "held_out"]  # fmt: skip
+           "trained_model", "held_out", "choose_default_option", "train_stage"]  # fmt: skip
 
 #: The keys of ``post.info``, the same for every learned method.
 INFO_KEYS = ("num_simulations", "num_train_pairs", "seed", "fit_time_s", "train_time_s", "train_steps", "best_val_loss",
@@ -210,3 +210,22 @@ def choose_sample_option(post: Any, name: str, candidates: Sequence[Any], y: Any
         draws = post.sample(y, 1, seed=seed, **{name: value}, **options)[site][:, 0]
         table[value] = float((draws - truth).pow(2).flatten(1).mean(1).mean())
     return min(table, key=table.get), table
+
+
+def choose_default_option(post: Any, name: str, candidates: Sequence[Any], y: Any, truth: Any, *, seed: int = 0, update: bool = True,
+                          saved: Sequence[str] = (), **options: Any) -> tuple[Any, dict[Any, float]]:  # fmt: skip
+    r""":func:`choose_sample_option`, and with ``update`` the best value becomes the posterior's default (``post.config[name]``),
+    with the options named in ``saved`` that were given (the settings it was chosen under, e.g. ``steps`` for csd_star's K′)."""
+    best, table = choose_sample_option(post, name, candidates, y, truth, seed=seed, **options)
+    if update:
+        post.config[name] = best
+        post.config.update({k: options[k] for k in saved if options.get(k) is not None})
+    return best, table
+
+
+def train_stage(run: Callable, module: torch.nn.Module, data: tuple, suffix: str) -> TrainResult:
+    r"""One stage of a method trained in stages: ``run`` (the shared loop, as passed to ``AmortizedMethod.train``)
+    minimises ``module(*batch)``, and the trained (EMA) weights are loaded back into ``module``."""
+    result = run(lambda m, *batch: m(*batch), module, data, suffix)
+    module.load_state_dict(trained_model(result).state_dict())
+    return result

@@ -1,5 +1,6 @@
 r"""Diffusion building blocks as small pure functions: processes, schedules, losses, samplers."""
 
+from bayesinv.diffusion.from_start import insert_time, sample_from_start
 from bayesinv.diffusion.loss import dsm_loss, ncsn_loss, score_loss, score_objective
 from bayesinv.diffusion.samplers import (
     SampleResult,
@@ -39,6 +40,8 @@ __all__ = [
     "predictor_corrector",
     "reverse_sample",
     "reverse_from",
+    "insert_time",
+    "sample_from_start",
     "step_time",
     "tweedie_denoise",
 ]

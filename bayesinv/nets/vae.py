@@ -1,16 +1,20 @@
-r"""The two-stage conditional VAE network of ``method="vae"``: :class:`TwoStageVAE` and its two stage losses."""
+r"""The two-stage conditional VAE network of ``method="vae"``: :class:`TwoStageVAE`, its options
+(:class:`VAEOptions`, :func:`vae_architecture`) and its two stage losses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from bayesinv.amortized.layout import Layout
+from bayesinv.amortized.fit import train_stage
+from bayesinv.amortized.layout import Layout, saved_layout
+from bayesinv.amortized.method import check_choice, check_float, check_int, check_sizes
 from bayesinv.nets.embedding import mlp, observation_embedding
 
-__all__ = ["TwoStageVAE", "Stage1Loss", "Stage2Loss", "vae_architecture"]
+__all__ = ["TwoStageVAE", "VAEOptions", "Stage1Loss", "Stage2Loss", "vae_architecture"]
 
 
 class TwoStageVAE(nn.Module):
@@ -54,6 +58,11 @@ class TwoStageVAE(nn.Module):
         self.regressor = nn.Sequential(emb or nn.Identity(), mlp([f_in, *regressor_hidden, latent_dim], nn.SiLU))
         self.register_buffer("z_spread", torch.ones(latent_dim))
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> "TwoStageVAE":
+        r"""The network of a posterior's saved settings (``architecture``: the arguments, ``condition_layout``)."""
+        return cls(**settings["architecture"], condition=saved_layout(settings))
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""Latent mean and log-variance, each ``(*, k)``."""
         return _encode(self.encoder, x)
@@ -74,6 +83,17 @@ class TwoStageVAE(nn.Module):
         resid = self.encode_sample(x.to(dev)) - self.regress(c.to(dev))
         self.z_spread.copy_(resid.square().mean(0).sqrt())
 
+    def train_stages(self, run: Any, x: Tensor, c: Tensor, beta: float, spread_rows: Tensor) -> list:
+        r"""Stage 1 (:class:`Stage1Loss` on the targets ``x``), stage 2 (:class:`Stage2Loss`, the encoder frozen), each
+        by ``run``, the shared loop (:func:`~bayesinv.amortized.fit.train_stage`), then the latent spread on the pairs
+        ``spread_rows`` (:meth:`set_spread`); returns the two stages' results."""
+        stage1 = train_stage(run, Stage1Loss(self, beta), (x,), ".stage1")
+        self.encoder.requires_grad_(False)
+        stage2 = train_stage(run, Stage2Loss(self), (x, c), ".stage2")
+        self.requires_grad_(True)
+        self.set_spread(x[spread_rows], c[spread_rows])
+        return [stage1, stage2]
+
     def sample(self, c: Tensor, n: int, spread: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         r"""Decoded latent draws :math:`\Psi(f(y) + \lambda r \odot \varepsilon)` for conditions ``(B, C)``: ``(B, n, D)``."""
         z0 = self.regress(c)  # (B, k)
@@ -81,9 +101,45 @@ class TwoStageVAE(nn.Module):
         return self.decoder(z0.unsqueeze(1) + spread * self.z_spread * eps)
 
 
-def vae_architecture(cfg: Any, target: Layout, condition: Layout) -> dict[str, Any]:
-    r"""The JSON-able arguments of :class:`TwoStageVAE` (saved with a posterior) for a config with the fields
-    ``latent_dim`` (``None``: ``min(D, 32)``), ``hidden``, ``regressor_hidden``, ``embedding`` and ``embed_dim``."""
+@dataclass(frozen=True)
+class VAEOptions:
+    r"""The network options of the two-stage VAE (``method="vae"``).
+
+    Arguments:
+        latent_dim: The latent size k (``None``: ``min(D, 32)``).
+        hidden: Encoder hidden sizes (the decoder mirrors them).
+        regressor_hidden: Hidden sizes of the regression network f.
+        embedding: ``None``, ``"mlp"`` or ``"cnn"``: an embedding of y inside f.
+        embed_dim: The embedding size.
+        beta: Weight of the KL term of stage 1 (a Gaussian decoder of variance β/2 in
+            normalised units; β = 1 shrinks low-dimensional targets strongly to their mean).
+    """
+
+    latent_dim: int | None = None
+    hidden: tuple[int, ...] = (128, 128)
+    regressor_hidden: tuple[int, ...] = (128, 128)
+    embedding: str | None = None
+    embed_dim: int = 32
+    beta: float = 0.1
+
+    def check_vae(self) -> None:
+        r"""Validates the fields (called by the config's ``__post_init__``)."""
+        check_int(self, "latent_dim", none=True)
+        check_int(self, "embed_dim")
+        check_choice(self, "embedding", (None, "none", "auto", "mlp", "cnn"))
+        check_float(self, "beta", low=0.0)
+        for name in ("hidden", "regressor_hidden"):
+            check_sizes(self, name)
+
+    def vae_settings(self, target: Layout, condition: Layout) -> dict[str, Any]:
+        r"""The JSON-able settings of the network (saved with a posterior; read by :meth:`TwoStageVAE.from_settings`)."""
+        arch = vae_architecture(self, target, condition)
+        return {"architecture": arch, "condition_layout": condition.to_json(), "beta": float(self.beta)}
+
+
+def vae_architecture(cfg: VAEOptions, target: Layout, condition: Layout) -> dict[str, Any]:
+    r"""The JSON-able arguments of :class:`TwoStageVAE` (saved with a posterior) for the options ``cfg``
+    (``latent_dim`` ``None``: ``min(D, 32)``)."""
     k = cfg.latent_dim if cfg.latent_dim is not None else min(target.dim, 32)
     return dict(x_dim=target.dim, c_dim=condition.dim, latent_dim=k, hidden=list(cfg.hidden),
                 regressor_hidden=list(cfg.regressor_hidden), embedding=cfg.embedding, embed_dim=cfg.embed_dim)  # fmt: skip
