@@ -111,9 +111,10 @@ def run_noise(noise: float, ds, args) -> dict:
         ref_mu = normalise(ref.posterior["mu"].values.reshape(-1, el.GRID, el.GRID))
         t0 = time.perf_counter()
         options = {"rtol": args.rtol, "atol": args.rtol, "power": args.power} if args.sampler == "ode" else {}
-        out, stats = post._sample_with_stats(torch.as_tensor(y), args.num_draws, seed=i, sampler=args.sampler, **options)
+        idata = post.infer(torch.as_tensor(y), args.num_draws, seed=i, sampler=args.sampler, **options)
         sample_time = time.perf_counter() - t0
-        draws = normalise(out["mu"].numpy())
+        draws = normalise(idata.posterior["mu"].values.reshape(-1, el.GRID, el.GRID))
+        stats = {k: idata.sample_stats[k].item() for k in ("nfe",) if k in idata.sample_stats}
         m, s = draws.mean(0), draws.std(0)
         rm, rs = ref_mu.mean(0), ref_mu.std(0)
         row = {

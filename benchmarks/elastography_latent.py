@@ -142,6 +142,20 @@ def method_options(method: str, args) -> dict:
     return common
 
 
+def field_rmse(mu: np.ndarray, ref: dict, i: int) -> dict:
+    r"""RMSE of the pixel-wise mean and std of normalised draws ``mu`` ``(n, H, W)`` against test ``i``'s reference,
+    and of the means against the true field."""
+    m, s = mu.mean(0), mu.std(0)
+    truth = normalise(el.inclusion_field(torch.as_tensor(ref["truth"][i])).numpy())
+    return {
+        "seed": 100 + i,
+        "mean_rmse": float(np.sqrt(((m - ref["mean"][i]) ** 2).mean())),
+        "std_rmse": float(np.sqrt(((s - ref["std"][i]) ** 2).mean())),
+        "mean_rmse_vs_truth": float(np.sqrt(((m - truth) ** 2).mean())),
+        "ref_mean_rmse_vs_truth": float(np.sqrt(((ref["mean"][i] - truth) ** 2).mean())),
+    }
+
+
 def evaluate(post, problem, ref, args, method: str) -> dict:
     rows = []
     for i in range(args.num_test):
@@ -149,16 +163,9 @@ def evaluate(post, problem, ref, args, method: str) -> dict:
         t0 = time.perf_counter()
         draws = post.sample(y, args.num_draws, seed=i, deterministic=True)
         sample_time = time.perf_counter() - t0
-        mu = normalise(draws["mu"].numpy())
         center = draws["center"].numpy()
-        m, s = mu.mean(0), mu.std(0)
-        truth = normalise(el.inclusion_field(torch.as_tensor(ref["truth"][i])).numpy())
         rows.append({
-            "seed": 100 + i,
-            "mean_rmse": float(np.sqrt(((m - ref["mean"][i]) ** 2).mean())),
-            "std_rmse": float(np.sqrt(((s - ref["std"][i]) ** 2).mean())),
-            "mean_rmse_vs_truth": float(np.sqrt(((m - truth) ** 2).mean())),
-            "ref_mean_rmse_vs_truth": float(np.sqrt(((ref["mean"][i] - truth) ** 2).mean())),
+            **field_rmse(normalise(draws["mu"].numpy()), ref, i),
             "center_error": float(np.linalg.norm(center.mean(0) - ref["center_mean"][i])),
             "center_sd": center.std(0).tolist(),
             "ref_center_sd": ref["center_sd"][i].tolist(),

@@ -9,7 +9,9 @@ same machine load:
   2-D target, 2-D y);
 - ``cond_score_mlp``: ``method="cond_score"`` with its defaults (MLP) on the same pairs;
 - ``cond_score_unet``: ``method="cond_score"`` on a 56 × 56 field target (U-Net, the
-  default network of a field) with ``batch_size=64``.
+  default network of a field) with ``batch_size=64``;
+- ``unet<w>_<precision>``, w = 8, 16, 32: the same with ``base_channels=w``, ``channel_mults=(1, 2, 2)``
+  and ``precision="float32"`` or ``"bfloat16"`` (the loss under a bfloat16 autocast).
 
 Each fit runs ``max_steps`` optimiser steps (per case: ``--steps``); steps per second is
 ``train_steps / train_time_s`` of ``post.info`` (the loop's wall time, validation included),
@@ -81,6 +83,13 @@ CASES = {
     "cond_score_unet": dict(model=field_model, target="E", data=lambda: field_pairs(1_000), method="cond_score",
                             options={"batch_size": 64}),
 }  # fmt: skip
+# the 56 × 56 U-Net at three widths, float32 and under a bfloat16 autocast (issue 20, item 2)
+for _width in (8, 16, 32):
+    for _precision in ("float32", "bfloat16"):
+        CASES[f"unet{_width}_{_precision}"] = dict(
+            model=field_model, target="E", data=lambda: field_pairs(1_000), method="cond_score",
+            options={"batch_size": 64, "base_channels": _width, "channel_mults": (1, 2, 2), "precision": _precision},
+        )  # fmt: skip
 
 
 def load_training(rev: str):

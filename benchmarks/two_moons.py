@@ -1,4 +1,4 @@
-r"""sbibm two_moons: cond_score, flow and flow_matching beside sbi's NPE and NPSE on the same 10,000 simulations.
+r"""sbibm two_moons: cond_score, flow and flow_matching beside sbi's NPE, NPSE and FMPE on the same 10,000 simulations.
 
 The prior, simulator, observations and reference posterior samples come from sbibm.
 Every method trains on the same (θ, x) pairs drawn with sbibm's prior and simulator.
@@ -95,12 +95,13 @@ def parse_sampler(spec: str) -> tuple[str, dict]:
 
 
 def fit_sbi(kind, theta, x, args):
-    from sbi.inference import NPE, NPSE
+    from sbi.inference import FMPE, NPE, NPSE
     from sbi.utils import BoxUniform
 
     torch.manual_seed(args.seed)
     prior = BoxUniform(-torch.ones(2), torch.ones(2))
-    inference = NPE(prior=prior) if kind == "npe" else NPSE(prior=prior, sde_type="ve")
+    inference = {"npe": lambda: NPE(prior=prior), "npse": lambda: NPSE(prior=prior, sde_type="ve"),
+                 "fmpe": lambda: FMPE(prior=prior)}[kind]()  # fmt: skip
     t0, c0 = time.perf_counter(), time.process_time()
     inference.append_simulations(theta, x).train(show_train_summary=False)
     posterior = inference.build_posterior()
@@ -116,7 +117,7 @@ def fit_sbi(kind, theta, x, args):
 def fit_ratios(fits: dict) -> dict:
     r"""Each bayesinv method's fit time over sbi NPE's and NPSE's of the same run (those fitted so far), wall clock
     and process CPU time (single torch thread: the figure that does not depend on other jobs' load)."""
-    return {m: {f"{kind}/{peer}": f[key] / fits[peer][key] for peer in ("npe", "npse") if peer in fits
+    return {m: {f"{kind}/{peer}": f[key] / fits[peer][key] for peer in ("npe", "npse", "fmpe") if peer in fits
                 for kind, key in (("wall", "fit_time_s"), ("cpu", "fit_cpu_s"))}
             for m, f in fits.items() if m in BAYESINV}  # fmt: skip
 

@@ -193,3 +193,21 @@ def test_training_without_a_terminal_logs_its_size_progress_and_eta(caplog):
     assert "train: starting, 60 steps" in text
     assert "about" in text and "more (estimated after" in text  # the estimated training time
     assert "train: done, 60 steps in" in text
+
+
+def test_bfloat16_autocast_trains_in_float32_weights_and_bad_precision_is_refused():
+    x, y = regression_data()
+    nets = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        net = nn.Linear(1, 1)
+        res = train(mse, net, (x, y), batch_size=64, max_steps=300, lr=0.05, ema_decay=None, eval_every=100,
+                    precision=precision, progress=False)  # fmt: skip
+        assert net.weight.dtype == torch.float32 and math.isfinite(res.best_val)
+        # y = 2x + 1: bfloat16's 8-bit mantissa (relative 4e-3) still fits the line to 0.05
+        assert net.weight.item() == pytest.approx(2.0, abs=0.05) and net.bias.item() == pytest.approx(1.0, abs=0.05)
+        nets[precision] = net
+    # the autocast did act: the two runs see different rounding, so their weights differ
+    assert not torch.equal(nets["float32"].weight, nets["bfloat16"].weight)
+    with pytest.raises(ValueError, match="precision 'float16'"):
+        TrainConfig(precision="float16")

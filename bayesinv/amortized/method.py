@@ -111,6 +111,8 @@ class TrainOptions:
         grad_clip: Maximal gradient norm (``None``: no clipping).
         weight_decay: Weight decay of Adam.
         normalization: ``"minmax"``, ``"standard"`` or ``"none"`` of targets and observations.
+        precision: ``"float32"`` or ``"bfloat16"`` (the training loss under autocast; see
+            :class:`~bayesinv.amortized.training.TrainConfig`).
     """
 
     max_epochs: int | None = 200
@@ -124,6 +126,7 @@ class TrainOptions:
     grad_clip: float | None = None
     weight_decay: float = 0.0
     normalization: str = "standard"
+    precision: str = "float32"
 
     def check_training(self) -> None:
         r"""Validates the training fields (called by each config's ``__post_init__``)."""
@@ -140,6 +143,7 @@ class TrainOptions:
         check_float(self, "grad_clip", low=0.0, open_low=True, none=True)
         check_float(self, "weight_decay", low=0.0)
         check_choice(self, "normalization", ("minmax", "standard", "none"))
+        check_choice(self, "precision", ("float32", "bfloat16"))
 
     def to_json(self) -> dict[str, Any]:
         r"""The options as a JSON-able dict (tuples as lists), as saved with a posterior."""
@@ -150,7 +154,7 @@ class TrainOptions:
         from bayesinv.amortized.training import TrainConfig
 
         names = ("max_epochs", "max_steps", "batch_size", "lr", "lr_schedule", "patience", "ema_decay",
-                 "val_fraction", "grad_clip", "weight_decay")  # fmt: skip
+                 "val_fraction", "grad_clip", "weight_decay", "precision")  # fmt: skip
         return TrainConfig(**{k: getattr(self, k) for k in names}, seed=seed, device=str(device), progress=progress)
 
 

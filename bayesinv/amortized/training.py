@@ -44,6 +44,8 @@ __all__ = ["TrainConfig", "TrainResult", "train", "check_checkpoint_options", "r
 logger = logging.getLogger("bayesinv")
 #: Options that may change between a run and its resume (the budget, where it runs); all others are fingerprinted.
 RESUMABLE = ("max_epochs", "max_steps", "patience", "checkpoint_every", "device", "progress")
+#: Training precisions: float32, or a bfloat16 autocast of the loss.
+PRECISIONS = ("float32", "bfloat16")
 #: Steps timed before the training time is estimated and reported.
 ETA_AFTER_STEPS = 10
 
@@ -72,6 +74,9 @@ class TrainConfig:
         seed: Seed of the validation split, the shuffling and the validation noise.
         device: Where to train; ``None`` keeps the module's device.
         progress: Show a progress bar; ``None`` shows it only on a terminal.
+        precision: ``"float32"``, or ``"bfloat16"``: the training loss under ``torch.autocast`` (weights,
+            optimiser and validation stay float32). On CPU it pays off for wide convolutional networks only
+            (docs/benchmarks.md, "Training-loop throughput").
     """
 
     batch_size: int = 128
@@ -93,6 +98,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     progress: bool | None = None
+    precision: str = "float32"
 
     def __post_init__(self):
         if self.max_steps is None and self.max_epochs is None:
@@ -105,6 +111,8 @@ class TrainConfig:
             raise OptionError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'")
         if self.lr_schedule not in (None, "cosine"):
             raise OptionError(f"unknown lr_schedule {self.lr_schedule!r}; use None or 'cosine'")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"unknown precision {self.precision!r}; use one of {list(PRECISIONS)}")
 
 
 class TrainResult(NamedTuple):
@@ -404,7 +412,8 @@ def train(
         lr = _lr_at(s["step"], total, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = loss_fn(module, *batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+            loss = loss_fn(module, *batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:

@@ -117,16 +117,23 @@ def flow_matching_loss(
     y: Tensor | None,
     *,
     sigma_min: float = 1e-4,
+    log_fraction: float = 0.0,
     mask: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Conditional flow-matching loss on the straight (optimal-transport) path.
+
+    The times are uniform on [0, 1], except a share ``log_fraction`` of them whose noise scale
+    :math:`\sigma_t = 1 - (1 - \sigma_{min}) t` is log-uniform on :math:`[\sigma_{min}, 1]`: the same
+    minimiser (any time law with full support has it), with more weight where the field is sharpest,
+    near the data.
 
     Arguments:
         velocity_net: The network ``velocity_net(x_t, y, t)``, ``t`` of shape ``(B,)``.
         x1: Targets (data), ``(B, *event)``.
         y: Observations paired with ``x1``, or ``None``.
         sigma_min: Width of the path at the data end.
+        log_fraction: Share of the times drawn with a log-uniform noise scale (0: all uniform).
         mask: An optional measurement-operator mask, passed as ``mask=``.
         generator: The random generator for ``t`` and :math:`x_0`.
 
@@ -137,6 +144,11 @@ def flow_matching_loss(
         >>> loss = flow_matching_loss(net, theta, y)
     """
     t = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype, device=x1.device)
+    if log_fraction > 0:
+        u = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype, device=x1.device)
+        floor = max(sigma_min, 1e-5)
+        t_log = (1 - floor ** u) / (1 - sigma_min)  # sigma_t = floor^u, log-uniform on [floor, 1]
+        t = torch.where(torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype, device=x1.device) < log_fraction, t_log, t)
     x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
     tt = expand_like(t, x1)
     x_t = (1 - (1 - sigma_min) * tt) * x0 + tt * x1

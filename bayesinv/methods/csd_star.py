@@ -49,6 +49,7 @@ TRAIN_DEFAULTS = dict(
     grad_clip=None,
     weight_decay=0.0,
     normalization="minmax",
+    precision="float32",
 )
 
 

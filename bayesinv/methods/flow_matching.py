@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.method import (
-    EXACT_MAX_DIM, AmortizedMethod, ODEOptions, ScoreNetOptions, check_float, check_int, map_log_prob, map_rows, register_amortized,
+    EXACT_MAX_DIM, AmortizedMethod, ODEOptions, ScoreNetOptions, check_choice, check_float, check_int, map_log_prob, map_rows, register_amortized,
     train_options, to_json,
 )  # fmt: skip
 from bayesinv.diffusion.loss import flow_matching_loss
@@ -48,6 +48,7 @@ TRAIN_DEFAULTS = dict(
     grad_clip=None,
     weight_decay=0.0,
     normalization="standard",
+    precision="float32",
 )
 
 
@@ -59,15 +60,23 @@ class FlowMatchingConfig(ScoreNetOptions, train_options(TRAIN_DEFAULTS)):
 
     Arguments:
         sigma_min: Width of the path at the data end.
+        time_input: What the network sees of the time: ``"log_sigma"`` (default), the log of the path's noise
+            scale :math:`1 - (1 - \sigma_{min}) t`, which resolves the data end where the field is sharpest, or ``"t"``.
+        log_fraction: Share of the training times whose noise scale is log-uniform on :math:`[\sigma_{min}, 1]`
+            (the rest uniform in t); see :func:`~bayesinv.diffusion.loss.flow_matching_loss`.
         normalization: ``"standard"`` (default), ``"minmax"`` or ``"none"``.
     """
 
     sigma_min: float = 1e-4
+    time_input: str = "log_sigma"
+    log_fraction: float = 0.0
 
     def __post_init__(self):
         self.check_training()
         self.check_network()
         check_float(self, "sigma_min", low=0.0, high=0.5)
+        check_choice(self, "time_input", ("log_sigma", "t"))
+        check_float(self, "log_fraction", low=0.0, high=1.0)
 
 
 @dataclass(frozen=True)
@@ -88,14 +97,14 @@ class FlowMatchingSampler(ODEOptions):
 
 def build(cfg: FlowMatchingConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
     r"""The velocity network of ``cfg`` with its input preconditioning set from the pairs, and the saved settings."""
-    proc = {"kind": "flow_matching", "sigma_min": float(cfg.sigma_min)}
+    proc = {"kind": "flow_matching", "sigma_min": float(cfg.sigma_min), "time_input": cfg.time_input}
     net, spec = build_score_net(cfg, pairs.target, pairs.condition, proc, pairs.x, pairs.c)
     return net, {**to_json(cfg), "net": spec}
 
 
 def loss(cfg: FlowMatchingConfig, net: nn.Module, settings: Mapping[str, Any]):
     r"""``loss_fn(module, x, c)``: the flow-matching loss on the straight path."""
-    return lambda module, x1, c: flow_matching_loss(module, x1, c, sigma_min=cfg.sigma_min)
+    return lambda module, x1, c: flow_matching_loss(module, x1, c, sigma_min=cfg.sigma_min, log_fraction=cfg.log_fraction)
 
 
 def _tolerances(scfg: FlowMatchingSampler) -> dict:

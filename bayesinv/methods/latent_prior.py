@@ -90,6 +90,7 @@ TRAIN_DEFAULTS = dict(
     grad_clip=10.0,
     weight_decay=0.0,
     normalization="standard",
+    precision="float32",
 )
 
 

@@ -45,6 +45,7 @@ TRAIN_DEFAULTS = dict(
     grad_clip=None,
     weight_decay=0.0,
     normalization="standard",
+    precision="float32",
 )
 
 

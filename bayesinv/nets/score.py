@@ -30,6 +30,9 @@ ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tan
 #: The process of a JSON-able spec (:func:`~bayesinv.diffusion.sde.process_from_spec`), under its older name.
 make_process = process_from_spec
 
+#: The smallest noise scale a ``"log_sigma"`` time input resolves (a path with ``sigma_min`` = 0 is clamped there).
+LOG_SIGMA_FLOOR = 1e-5
+
 
 def chunk_rows(spec: Mapping[str, Any], chunk_size: int | None = None) -> int:
     r"""Rows per network batch when sampling a :class:`CondScoreNet` of ``spec``: ``chunk_size``, else 50,000 (MLP) or 512 (U-Net)."""
@@ -66,6 +69,11 @@ class CondScoreNet(nn.Module):
         self.sigma_min = float(spec["process"].get("sigma_min", 0.0))
         levels = spec["process"].get("sigmas")
         sigma_range = None if levels is None else (min(levels), max(levels))
+        # a velocity field with time_input "log_sigma" sees the path's noise scale 1 - (1 - sigma_min) t on a log scale,
+        # which resolves the data end (t -> 1) where the field changes fastest; files saved before it see t
+        self.log_sigma_input = self.velocity and spec["process"].get("time_input") == "log_sigma"
+        if self.log_sigma_input:
+            sigma_range = (max(self.sigma_min, LOG_SIGMA_FLOOR), 1.0)
         act = ACTIVATIONS[spec["activation"]]
         emb = self._embedding(spec.get("embedding"), act)
         if self.kind == "mlp":
@@ -125,6 +133,8 @@ class CondScoreNet(nn.Module):
         if self.velocity:  # the straight path: x_t = t x_1 + (1 - (1 - sigma_min) t) x_0
             m = expand_like(level.expand(x.shape[:-1]), x)
             sigma = 1 - (1 - self.sigma_min) * m
+            if self.log_sigma_input:
+                level = (1 - (1 - self.sigma_min) * level).clamp_min(max(self.sigma_min, LOG_SIGMA_FLOOR))
         else:
             sigma = expand_like(self.sigma(level).expand(x.shape[:-1]), x)
             m = torch.ones_like(sigma) if self.process is None else expand_like(self.process.mean_scale(level).expand(x.shape[:-1]), x)
