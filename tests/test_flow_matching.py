@@ -134,3 +134,20 @@ def test_field_target_with_a_unet():
     assert draws["field"].shape == (4, SIZE, SIZE) and torch.isfinite(draws["field"]).all()
     lp, se = post.log_prob(draws, y, rtol=1e-3, atol=1e-3, num_probes=2, with_error=True)  # Hutchinson for 64 dims
     assert lp.shape == (4,) and torch.isfinite(lp).all() and (se > 0).all()
+
+
+def test_flow_matching_times_put_the_log_share_at_small_noise_scales():
+    from bayesinv.diffusion.loss import flow_matching_times
+
+    g = torch.Generator().manual_seed(0)
+    n, sigma_min = 200_000, 1e-4
+    sigma = lambda t: 1 - (1 - sigma_min) * t  # noqa: E731
+    t0 = flow_matching_times(n, sigma_min=sigma_min, log_fraction=0.0, generator=g)
+    t1 = flow_matching_times(n, sigma_min=sigma_min, log_fraction=1.0, generator=g)
+    th = flow_matching_times(n, sigma_min=sigma_min, log_fraction=0.5, generator=g)
+    assert 0 <= float(t1.min()) and float(t1.max()) <= 1
+    # uniform t: P(sigma < 0.01) = 0.01; log-uniform sigma on [1e-4, 1]: log(100)/log(1e4) = 0.5; half of each: 0.255
+    # (binomial standard errors at n = 200,000 are below 0.0012: tolerance 0.005)
+    assert float((sigma(t0) < 0.01).double().mean()) == pytest.approx(0.01, abs=0.005)
+    assert float((sigma(t1) < 0.01).double().mean()) == pytest.approx(0.5, abs=0.005)
+    assert float((sigma(th) < 0.01).double().mean()) == pytest.approx(0.255, abs=0.005)

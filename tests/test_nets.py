@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding, NoiseEmbedding, time_embedding
-from bayesinv.nets.mlp import ScoreMLP
+from bayesinv.nets.mlp import ResidualScoreMLP, ScoreMLP
 from bayesinv.nets.unet import ScoreUNet
 
 
@@ -143,3 +143,33 @@ def test_mlp_with_a_cnn_embedding_of_a_field_condition_fits_and_samples(method):
     assert draws.shape == (5, 2) and torch.isfinite(draws).all()
     with pytest.raises(bayesinv.OptionError, match="embed_pool"):
         bayesinv.fit(model, method=method, target="theta", num_simulations=64, embed_pool="max")
+
+
+def test_residual_score_mlp_shapes_time_dependence_and_embedding():
+    torch.manual_seed(0)
+    net = ResidualScoreMLP(3, 5, width=32, depth=2)
+    x, y = torch.randn(7, 3), torch.randn(7, 5)
+    out = net(x, y, torch.rand(7))
+    assert out.shape == (7, 3)
+    assert net(x, y[0], torch.tensor(0.3)).shape == (7, 3)  # one observation and one time broadcast
+    # the time enters every block: outputs differ between two times by more than rounding
+    assert (net(x, y, torch.full((7,), 0.2)) - net(x, y, torch.full((7,), 0.8))).abs().max() > 1e-3
+    # through an embedding of a 4 x 4 field, and with a noise-level input mapped onto [0, 1]
+    emb = CNNEmbedding((1, 4, 4), 6)
+    net = ResidualScoreMLP(2, embedding=emb, width=16, depth=1, sigma_range=(1e-4, 1.0))
+    assert net(torch.randn(5, 2), torch.randn(5, 1, 4, 4), torch.full((5,), 0.01)).shape == (5, 2)
+    with pytest.raises(ValueError, match="conditional"):
+        net(torch.randn(5, 2), None, torch.rand(5))
+
+
+def test_resmlp_spec_needs_one_width():
+    from bayesinv.amortized.layout import Layout
+    from bayesinv.errors import ProblemError
+    from bayesinv.methods.flow_matching import FlowMatchingConfig
+    from bayesinv.nets.score import net_spec
+
+    target, cond = Layout(("theta",), ((2,),)), Layout(("y",), ((3,),))
+    spec = net_spec(FlowMatchingConfig(), target, cond, {"kind": "flow_matching", "sigma_min": 1e-4}, vector_network="resmlp")
+    assert spec["network"] == "resmlp" and spec["hidden"] == [128, 128, 128]
+    with pytest.raises(ProblemError, match="hidden must repeat one size"):
+        net_spec(FlowMatchingConfig(hidden=(64, 32)), target, cond, {"kind": "flow_matching"}, vector_network="resmlp")

@@ -237,7 +237,9 @@ class ScoreNetOptions(UNetOptions):
     cond_score and flow_matching: those of :class:`UNetOptions` and
 
     Arguments:
-        network: ``"mlp"``, ``"unet"`` or ``"auto"`` (U-Net for one 2-D field target).
+        network: ``"mlp"``, ``"resmlp"`` (residual blocks with the time in each: ``len(hidden)`` blocks of
+            width ``hidden[0]``), ``"unet"`` or ``"auto"`` (U-Net for one 2-D field target, else the method's
+            vector network: ``"resmlp"`` for cond_score and flow_matching, ``"mlp"`` for the others).
         hidden: Hidden layer sizes of the MLP.
         embedding: Observation embedding: ``"none"``, ``"mlp"``, ``"cnn"`` or ``"auto"`` (U-Net:
             channels on the grid, CNN for one field, MLP otherwise; MLP network: raw).
@@ -253,7 +255,7 @@ class ScoreNetOptions(UNetOptions):
 
     def check_network(self) -> None:
         r"""Validates the network fields (called by each config's ``__post_init__``)."""
-        check_choice(self, "network", ("auto", "mlp", "unet"))
+        check_choice(self, "network", ("auto", "mlp", "resmlp", "unet"))
         check_choice(self, "embedding", ("auto", "none", "mlp", "cnn"))
         check_choice(self, "embed_pool", ("mean", "flatten"))
         check_sizes(self, "hidden")

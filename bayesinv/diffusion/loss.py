@@ -37,7 +37,7 @@ from torch import Tensor
 
 from bayesinv.diffusion.sde import Process, expand_like, process_from_spec
 
-__all__ = ["dsm_loss", "ncsn_loss", "flow_matching_loss", "score_loss", "score_objective"]
+__all__ = ["dsm_loss", "ncsn_loss", "flow_matching_loss", "flow_matching_times", "score_loss", "score_objective"]
 
 
 def _call(score_net: Callable, x: Tensor, y: Any, level: Tensor, mask: Tensor | None) -> Tensor:
@@ -111,6 +111,31 @@ def ncsn_loss(
     return _squared_error(sigma, _call(score_net, x_noisy, y, sigma, mask), z)
 
 
+def flow_matching_times(
+    n: int,
+    *,
+    sigma_min: float = 1e-4,
+    log_fraction: float = 0.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: Any = None,
+) -> Tensor:
+    r"""``n`` training times of the straight path: uniform on [0, 1], except a share ``log_fraction``
+    whose noise scale :math:`\sigma_t = 1 - (1 - \sigma_{min}) t` is log-uniform on
+    :math:`[\max(\sigma_{min}, 10^{-5}), 1]`.
+
+    Example:
+        >>> t = flow_matching_times(4, log_fraction=0.5, generator=torch.Generator().manual_seed(0))
+    """
+    t = torch.rand(n, generator=generator, dtype=dtype, device=device)
+    if log_fraction > 0:
+        u = torch.rand(n, generator=generator, dtype=dtype, device=device)
+        floor = max(sigma_min, 1e-5)
+        t_log = (1 - floor**u) / (1 - sigma_min)  # sigma_t = floor^u
+        t = torch.where(torch.rand(n, generator=generator, dtype=dtype, device=device) < log_fraction, t_log, t)
+    return t
+
+
 def flow_matching_loss(
     velocity_net: Callable,
     x1: Tensor,
@@ -143,12 +168,8 @@ def flow_matching_loss(
     Example:
         >>> loss = flow_matching_loss(net, theta, y)
     """
-    t = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype, device=x1.device)
-    if log_fraction > 0:
-        u = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype, device=x1.device)
-        floor = max(sigma_min, 1e-5)
-        t_log = (1 - floor ** u) / (1 - sigma_min)  # sigma_t = floor^u, log-uniform on [floor, 1]
-        t = torch.where(torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype, device=x1.device) < log_fraction, t_log, t)
+    t = flow_matching_times(x1.shape[0], sigma_min=sigma_min, log_fraction=log_fraction, generator=generator,
+                            dtype=x1.dtype, device=x1.device)  # fmt: skip
     x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
     tt = expand_like(t, x1)
     x_t = (1 - (1 - sigma_min) * tt) * x0 + tt * x1

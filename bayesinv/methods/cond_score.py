@@ -58,7 +58,7 @@ SAMPLER_OPTIONS = {
 
 #: Training defaults of ``method="cond_score"`` (they replace TrainOptions' class defaults; the user's options override them).
 TRAIN_DEFAULTS = dict(
-    max_epochs=300,
+    max_epochs=100,
     max_steps=None,
     batch_size=256,
     lr=1e-3,
@@ -83,8 +83,11 @@ class CondScoreConfig(ScoreNetOptions, ProcessOptions, NCSNOptions, train_option
     Arguments:
         sampler: The default sampler: ``"ode"``, ``"sde"``, ``"pc"`` (VE/VP) or
             ``"langevin"`` (NCSN); ``None``: ``"ode"`` for VE/VP, ``"langevin"`` for NCSN.
+        hidden: Block widths; for vector targets ``network="auto"`` is a
+            :class:`~bayesinv.nets.ResidualScoreMLP` of ``len(hidden)`` blocks (default three of 128).
     """
 
+    hidden: tuple[int, ...] = (128, 128, 128)
     sampler: str | None = None
 
     def __post_init__(self):
@@ -130,7 +133,7 @@ def check_sample(settings: Mapping[str, Any], scfg: CondScoreSampler, given: set
 def build(cfg: CondScoreConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
     r"""The score network of ``cfg`` with its input preconditioning set from the pairs, and the saved settings."""
     proc = cfg.ncsn_spec(pairs.x, seed) if cfg.process == "ncsn" else cfg.process_spec()
-    net, spec = build_score_net(cfg, pairs.target, pairs.condition, proc, pairs.x, pairs.c)
+    net, spec = build_score_net(cfg, pairs.target, pairs.condition, proc, pairs.x, pairs.c, vector_network="resmlp")
     return net, {**cfg.to_json(), "sampler": cfg.sampler or DEFAULT_SAMPLER[cfg.process], "net": spec}
 
 

@@ -2,6 +2,7 @@ r"""Flow-matching posterior estimation: ``method="flow_matching"`` (sbi's FMPE, 
 
 A conditional vector field :math:`v_\phi(x, c, t)` is fitted on simulated pairs :math:`(x_1, c)`
 on the straight path from noise :math:`x_0 \sim \mathcal{N}(0, I)` (t = 0) to the normalised target (t = 1),
+half of the times uniform, half with a log-uniform noise scale (more weight near the data),
 
 .. math:: \min_\phi \; E_{t, (x_1, c), x_0} \big\| v_\phi(x_t, c, t) - (x_1 - (1 - \sigma_{min}) x_0) \big\|^2,
           \qquad x_t = (1 - (1 - \sigma_{min}) t)\, x_0 + t\, x_1 .
@@ -9,7 +10,8 @@ on the straight path from noise :math:`x_0 \sim \mathcal{N}(0, I)` (t = 0) to th
 Draws solve :math:`dx/dt = v_\phi` from 0 to 1 by adaptive RK5(4); ``log_prob`` is their density by
 the instantaneous change of variables (exact divergence up to 32 dimensions, else Hutchinson's),
 so the posterior is a valid importance ``proposal=``. The network is
-:class:`~bayesinv.nets.score.CondScoreNet` as a velocity field (MLP, or U-Net for one 2-D field).
+:class:`~bayesinv.nets.score.CondScoreNet` as a velocity field (a residual MLP with the log noise scale
+in every block, or a U-Net for one 2-D field).
 
 Example:
     >>> post = bayesinv.fit(model, method="flow_matching", num_simulations=5000)
@@ -63,13 +65,16 @@ class FlowMatchingConfig(ScoreNetOptions, train_options(TRAIN_DEFAULTS)):
         time_input: What the network sees of the time: ``"log_sigma"`` (default), the log of the path's noise
             scale :math:`1 - (1 - \sigma_{min}) t`, which resolves the data end where the field is sharpest, or ``"t"``.
         log_fraction: Share of the training times whose noise scale is log-uniform on :math:`[\sigma_{min}, 1]`
-            (the rest uniform in t); see :func:`~bayesinv.diffusion.loss.flow_matching_loss`.
+            (default 0.5; the rest uniform in t); see :func:`~bayesinv.diffusion.loss.flow_matching_loss`.
+        hidden: Block widths of the network; for vector targets ``network="auto"`` is a
+            :class:`~bayesinv.nets.ResidualScoreMLP` of ``len(hidden)`` blocks (default three of 128).
         normalization: ``"standard"`` (default), ``"minmax"`` or ``"none"``.
     """
 
+    hidden: tuple[int, ...] = (128, 128, 128)
     sigma_min: float = 1e-4
     time_input: str = "log_sigma"
-    log_fraction: float = 0.0
+    log_fraction: float = 0.5
 
     def __post_init__(self):
         self.check_training()
@@ -98,7 +103,7 @@ class FlowMatchingSampler(ODEOptions):
 def build(cfg: FlowMatchingConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]:
     r"""The velocity network of ``cfg`` with its input preconditioning set from the pairs, and the saved settings."""
     proc = {"kind": "flow_matching", "sigma_min": float(cfg.sigma_min), "time_input": cfg.time_input}
-    net, spec = build_score_net(cfg, pairs.target, pairs.condition, proc, pairs.x, pairs.c)
+    net, spec = build_score_net(cfg, pairs.target, pairs.condition, proc, pairs.x, pairs.c, vector_network="resmlp")
     return net, {**to_json(cfg), "net": spec}
 
 

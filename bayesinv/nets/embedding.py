@@ -66,10 +66,14 @@ class NoiseEmbedding(nn.Module):
         Returns:
             The features, with shape ``(*, 4)``.
         """
-        if self.sigma_range is not None:
-            lo, hi = self.sigma_range
-            level = torch.log(level / lo) / math.log(hi / lo)
-        return time_embedding(level)
+        return time_embedding(self.unit(level))
+
+    def unit(self, level: Tensor) -> Tensor:
+        r"""The level on [0, 1]: the time itself, or :math:`\log(\sigma/\sigma_{min}) / \log(\sigma_{max}/\sigma_{min})`."""
+        if self.sigma_range is None:
+            return level
+        lo, hi = self.sigma_range
+        return torch.log(level / lo) / math.log(hi / lo)
 
     def extra_repr(self) -> str:
         return f"sigma_range={self.sigma_range}" if self.sigma_range else "time"

@@ -19,7 +19,7 @@ from bayesinv.amortized.layout import Layout
 from bayesinv.diffusion import expand_like, process_from_spec
 from bayesinv.errors import ProblemError
 from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding
-from bayesinv.nets.mlp import ScoreMLP
+from bayesinv.nets.mlp import ResidualScoreMLP, ScoreMLP
 from bayesinv.nets.unet import ScoreUNet
 
 __all__ = ["CondScoreNet", "net_spec", "build_score_net", "make_process", "chunk_rows", "ACTIVATIONS"]
@@ -36,7 +36,7 @@ LOG_SIGMA_FLOOR = 1e-5
 
 def chunk_rows(spec: Mapping[str, Any], chunk_size: int | None = None) -> int:
     r"""Rows per network batch when sampling a :class:`CondScoreNet` of ``spec``: ``chunk_size``, else 50,000 (MLP) or 512 (U-Net)."""
-    return int(chunk_size or (50_000 if spec["network"] == "mlp" else 512))
+    return int(chunk_size or (50_000 if spec["network"] in ("mlp", "resmlp") else 512))
 
 
 def _grid(shape: Sequence[int]) -> tuple[int, int, int] | None:
@@ -78,6 +78,9 @@ class CondScoreNet(nn.Module):
         emb = self._embedding(spec.get("embedding"), act)
         if self.kind == "mlp":
             self.inner = ScoreMLP(self.x_dim, self.c_dim, tuple(spec["hidden"]), act, embedding=emb, sigma_range=sigma_range)
+        elif self.kind == "resmlp":
+            width, depth = int(spec["hidden"][0]), len(spec["hidden"])
+            self.inner = ResidualScoreMLP(self.x_dim, self.c_dim, width, depth, act, embedding=emb, sigma_range=sigma_range)
         else:
             self.x_shape = tuple(spec["x_shape"])
             self.grid_slices = [tuple(s) for s in spec.get("grid_slices", [])]
@@ -140,7 +143,7 @@ class CondScoreNet(nn.Module):
             m = torch.ones_like(sigma) if self.process is None else expand_like(self.process.mean_scale(level).expand(x.shape[:-1]), x)
         x = (x - m * self.x_mean) / (m.square() * self.x_std.square() + sigma.square()).sqrt()
         c = (c - self.c_mean) / self.c_std
-        if self.kind == "mlp":
+        if self.kind in ("mlp", "resmlp"):
             out = self.inner(x, c, level)
         else:
             batch = x.shape[:-1]
@@ -153,25 +156,29 @@ class CondScoreNet(nn.Module):
         return out if self.velocity else out / sigma
 
 
-def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict) -> dict:
+def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict, vector_network: str = "mlp") -> dict:
     r"""The JSON-able spec of a :class:`CondScoreNet` for a config (fields ``network``, ``hidden``,
     ``activation``, ``embedding``, ``embed_dim``, ``embed_pool``, ``embed_map_channels``, ``base_channels``,
     ``channel_mults``), the target and condition layouts and a process spec.
 
-    ``network="auto"``: a U-Net for one 2-D field target (at least 4 × 4), else an MLP.
+    ``network="auto"``: a U-Net for one 2-D field target (at least 4 × 4), else ``vector_network``
+    (``"mlp"``: :class:`~bayesinv.nets.ScoreMLP`; ``"resmlp"``: :class:`~bayesinv.nets.ResidualScoreMLP`, of
+    ``len(hidden)`` blocks of width ``hidden[0]``).
     U-Net conditions on the target's grid enter as channels; others through an embedding
     (a CNN for one field condition, an MLP otherwise).
     """
     network = cfg.network
     x_grid = _grid(target.shapes[0]) if len(target.names) == 1 else None
     if network == "auto":
-        network = "unet" if x_grid is not None and min(x_grid[1:]) >= 4 else "mlp"
+        network = "unet" if x_grid is not None and min(x_grid[1:]) >= 4 else vector_network
+    if network == "resmlp" and len(set(cfg.hidden)) != 1:
+        raise ProblemError(f"network='resmlp' has blocks of one width: hidden must repeat one size, got {tuple(cfg.hidden)}")
     spec: dict[str, Any] = dict(
         network=network, x_dim=target.dim, c_dim=condition.dim, activation=cfg.activation, process=process,
         hidden=list(cfg.hidden), base_channels=cfg.base_channels, channel_mults=list(cfg.channel_mults), embedding=None,
     )  # fmt: skip
     field_cond = len(condition.names) == 1 and _grid(condition.shapes[0]) is not None
-    if network == "mlp":
+    if network in ("mlp", "resmlp"):
         if cfg.embedding in ("mlp", "cnn"):
             if cfg.embedding == "cnn" and not field_cond:
                 raise ProblemError(f"embedding='cnn' needs one 2-D field condition; got {dict(zip(condition.names, condition.shapes))}")
@@ -207,10 +214,11 @@ def net_spec(cfg: Any, target: Layout, condition: Layout, process: dict) -> dict
     return spec
 
 
-def build_score_net(cfg: Any, target: Layout, condition: Layout, process: dict, x: Tensor, c: Tensor) -> tuple[CondScoreNet, dict]:
+def build_score_net(cfg: Any, target: Layout, condition: Layout, process: dict, x: Tensor, c: Tensor,
+                    vector_network: str = "mlp") -> tuple[CondScoreNet, dict]:  # fmt: skip
     r"""The :class:`CondScoreNet` of :func:`net_spec` with its input preconditioning set from training
     targets ``x`` ``(N, D)`` and conditions ``c`` ``(N, C)`` (``C = 0``: unconditional), and its spec."""
-    spec = net_spec(cfg, target, condition, process)
+    spec = net_spec(cfg, target, condition, process, vector_network)
     net = CondScoreNet(spec)
     net.set_statistics(x, c)
     return net, spec
