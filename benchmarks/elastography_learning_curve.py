@@ -4,7 +4,7 @@ One training run of ``method="cond_score"`` on ``target="mu"`` (U-Net, y as an e
 published set-up of the elastography benchmark) at one noise level, stopped and resumed from its
 checkpoint at each budget of ``--budgets`` (CPU-minutes of training, process CPU time, so the figure
 does not depend on other jobs' load). At every budget the posterior is saved to
-``out/elastography/curve_<σ_η>_<budget>min.bayesinv`` and evaluated as ``elastography.py`` does: on the
+``out/elastography/elastography_curve_<σ_η>[_<tag>]_<budget>min.bayesinv`` and evaluated as ``elastography.py`` does: on the
 ten test inclusions ``draw(seed=100 + i)``, the RMSE between the pixel-wise posterior mean (and std)
 fields of cond_score's draws and of the importance-sampling reference (cached per inclusion by
 ``elastography_latent.references``), beside the published cSDM figure.
@@ -19,6 +19,8 @@ table.
 Run (2-core CPU, one thread; the budgets add up, 60 CPU-minutes ≈ 60 minutes on a free core):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/elastography_learning_curve.py --noise 0.05 --budgets 15 60 180
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/elastography_learning_curve.py --noise 0.05 --budgets 15 \
+        --base-channels 16 --precision bfloat16 --tag w16_bf16
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def fit_to(problem, data, args, steps: int, checkpoint: Path, resume: bool):
             problem.model, method="cond_score", target="mu", data=data, seed=0, progress=False, device="cpu",
             network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
             batch_size=args.batch_size, max_epochs=None, max_steps=steps, lr=args.lr, lr_schedule=None,
-            ema_decay=args.ema, patience=None, val_fraction=0.05, t_min=args.t_min,
+            ema_decay=args.ema, patience=None, val_fraction=0.05, t_min=args.t_min, precision=args.precision,
             checkpoint=checkpoint, resume=resume,
         )  # fmt: skip
     finally:
@@ -99,6 +101,7 @@ def main() -> None:
     p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2, 2])
     p.add_argument("--t-min", type=float, default=1e-3)
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help="the training loss's precision")
     p.add_argument("--num-draws", type=int, default=32)
     p.add_argument("--rtol", type=float, default=1e-3, help="ODE rtol and atol")
     p.add_argument("--refine", type=int, default=2)
@@ -131,7 +134,7 @@ def main() -> None:
             post, cpu = fit_to(problem, data, args, target, checkpoint, True)
             steps, cpu_total = post.info["train_steps"], cpu_total + cpu
             print(f"  {steps} steps, {cpu_total / 60:.1f} CPU-min of training ({cpu_total / steps:.3f} CPU s per step)", flush=True)
-        path = OUT / f"curve_{args.noise:g}_{budget:g}min.bayesinv"
+        path = OUT / f"{name}_{budget:g}min.bayesinv"
         post.save(path)
         res = evaluate(post, problem, ref, args)
         point = {"budget_cpu_min": budget, "train_cpu_min": cpu_total / 60, "train_steps": steps,

@@ -148,8 +148,8 @@ def _f(x: Any, fmt: str = ".3f") -> str:
 #: two_moons runs on the page, grouped: runs of one group cover disjoint observations and merge;
 #: each group's fit-time ratios are to the sbi peer fitted in the same run(s).
 TWO_MOONS_GROUPS = {"flow, defaults": ["two_moons_defaults_flow_npe"],
-                    "cond_score, defaults": ["two_moons_defaults_cond_score_npse"],
-                    "flow_matching, defaults": ["two_moons_defaults_flow_matching_npse"]}
+                    "residual MLP; flow_matching early-stopped (superseded)": ["two_moons_defaults_resmlp"],
+                    "flow_matching, current defaults": ["two_moons_defaults_fm_cosine"]}
 
 
 def page_two_moons() -> list[str]:
@@ -168,7 +168,7 @@ def page_two_moons() -> list[str]:
         wall = {m: float(np.median(v)) for m, v in fits.items()}
         cpu = {m: float(np.median(v)) for m, v in cpus.items()}
         for method in c2st:
-            peer = None if method in ("npe", "npse") else ("npse" if method.startswith(("cond_score", "flow_matching")) else "npe")
+            peer = None if method in ("npe", "npse", "fmpe") else ("npse" if method.startswith(("cond_score", "flow_matching")) else "npe")
             ratio = f"{wall[method] / wall[peer]:.2f}× / {cpu[method] / cpu[peer]:.2f}× {peer.upper()}" if peer in cpu and method in cpu else (
                 f"{wall[method] / wall[peer]:.2f}× {peer.upper()}" if peer in wall else "–")
             name = f"sbi {method.upper()}" if peer is None else method

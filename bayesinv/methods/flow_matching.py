@@ -39,12 +39,12 @@ __all__ = ["FlowMatchingConfig", "FlowMatchingSampler", "FLOW_MATCHING", "EXACT_
 
 #: Training defaults of ``method="flow_matching"`` (they replace TrainOptions' class defaults; the user's options override them).
 TRAIN_DEFAULTS = dict(
-    max_epochs=200,
+    max_epochs=100,
     max_steps=None,
     batch_size=256,
     lr=1e-3,
-    lr_schedule=None,
-    patience=20,
+    lr_schedule="cosine",
+    patience=None,
     ema_decay=0.999,
     val_fraction=0.1,
     grad_clip=None,
