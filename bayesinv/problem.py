@@ -44,6 +44,7 @@ __all__ = [
     "ProblemError",
     "trace_problem",
     "run_batch",
+    "replay_deterministic",
     "as_problem",
 ]
 
@@ -776,6 +777,83 @@ def _row_valid(values: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
         if v.is_floating_point() or v.is_complex():
             valid &= torch.isfinite(v.reshape(n, -1)).all(-1)
     return valid
+
+
+class _StopModel(Exception):
+    r"""Raised by :class:`_StopAfter` once every wanted site has run."""
+
+
+class _StopAfter(Messenger):
+    r"""Stops the model (raises :class:`_StopModel`) once every site of ``names`` has been recorded:
+    entered inside ``poutine.trace``, its post-processing runs after the trace's."""
+
+    def __init__(self, names: Any):
+        super().__init__()
+        self.left = set(names)
+
+    def _postprocess_message(self, msg: dict) -> None:
+        self.left.discard(msg["name"])
+        if not self.left:
+            raise _StopModel
+
+
+def replay_deterministic(
+    problem: Problem,
+    names: Any,
+    fixed: Mapping[str, torch.Tensor],
+    n: int,
+    *,
+    y: dict[str, torch.Tensor] | None = None,
+    seed: int | None = None,
+) -> dict[str, torch.Tensor]:
+    r"""The deterministic sites ``names`` of ``n`` runs of the model with every latent site fixed, each run
+    stopped as soon as they are all computed: a simulator (or anything else) that comes later in the model is
+    not run. The push-forward of latent draws to the fields they define (as Pyro's ``Predictive``, without
+    its cost when the simulator follows the field).
+
+    Arguments:
+        problem: The traced problem.
+        names: Deterministic site names.
+        fixed: Latent site → values ``(n, *shape)``: every latent site of the model.
+        n: The number of runs.
+        y: A validated observation, for deterministic sites that follow an observed site.
+        seed: Seed of the runs (``None``: the global RNG).
+
+    Returns:
+        Site → values ``(n, *shape)``.
+    """
+    names = list(names)
+    if problem.language == "numpyro":
+        return {k: run_batch(problem, n, y=y, fixed=fixed, seed=seed).values[k] for k in names}
+    if y is not None and not _is_checked(problem, y):
+        y, _ = problem.check_y(y)
+    arg = problem.model_argument(y)
+
+    def run(fix: Mapping[str, torch.Tensor], batch: int | None) -> dict:
+        ctx = RunContext(batch_size=batch, replay=None)
+        with run_context(ctx), poutine.trace() as tracer, _FixLatents(fix), _StopAfter(names):
+            try:
+                if batch is None:
+                    problem.model(arg)
+                else:
+                    with pyro.plate(_BATCH_PLATE, batch, dim=-(problem.batch_ndim + 1)):
+                        problem.model(arg)
+            except _StopModel:
+                pass
+        return tracer.trace.nodes
+
+    with pyro.validation_enabled(False), warnings.catch_warnings(), _rng(seed):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if _vectorizable(problem) is not False:
+            try:
+                nodes = run(fixed, n)
+                out = {k: torch.as_tensor(nodes[k]["value"]).detach() for k in names}
+                if all(tuple(v.shape) == (n, *problem.sites[k].shape) for k, v in out.items()):
+                    return out
+            except Exception:  # noqa: BLE001 - a model that does not broadcast runs row by row below
+                pass
+        rows = [run({k: v[i] for k, v in fixed.items()}, None) for i in range(n)]
+    return {k: torch.stack([torch.as_tensor(r[k]["value"]).detach() for r in rows]) for k in names}
 
 
 def _run_vectorized(problem, n, y, fixed, replay_sims, want_prior) -> Batch | None:

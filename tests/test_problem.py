@@ -237,3 +237,43 @@ def test_run_batch_draws_do_not_depend_on_a_failed_vectorised_attempt():
     second = run_batch(problem, 5, seed=123)  # straight to the loop
     for name in ("a", "b", "y"):
         torch.testing.assert_close(first.values[name], second.values[name], rtol=0, atol=0)
+
+
+def test_replay_deterministic_stops_before_a_later_simulator_and_matches_a_full_run():
+    from bayesinv.problem import replay_deterministic
+
+    calls = {"n": 0}
+
+    def solve(field):  # the expensive simulator: counted
+        calls["n"] += 1
+        return field.sum(-1, keepdim=True)
+
+    def model(y=None):
+        c = pyro.sample("c", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        field = pyro.deterministic("field", torch.cat([c, c ** 2], -1), event_dim=1)
+        u = solve(field)
+        after = pyro.deterministic("after", 2 * u, event_dim=1)  # a site of the simulator's output
+        return pyro.sample("y", dist.Normal(u, 0.1).to_event(1), obs=y)
+
+    problem = trace_problem(model)
+    c = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    calls["n"] = 0
+    out = replay_deterministic(problem, ["field"], {"c": c}, 7, seed=0)
+    assert calls["n"] == 0  # stopped at "field": the simulator never ran
+    torch.testing.assert_close(out["field"], torch.cat([c, c ** 2], -1))
+    both = replay_deterministic(problem, ["field", "after"], {"c": c}, 7, seed=0)
+    assert calls["n"] == 1  # one vectorised run, stopped after "after" (before the observation)
+    full = run_batch(problem, 7, fixed={"c": c}, seed=0).values
+    torch.testing.assert_close(both["after"], full["after"])
+    torch.testing.assert_close(both["field"], full["field"])
+
+    def row_model(y=None):  # does not broadcast over a batch: replayed row by row
+        c = pyro.sample("c", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        field = pyro.deterministic("field", torch.stack([c[0], c[1] ** 2]), event_dim=1)
+        return pyro.sample("y", dist.Normal(solve(field), 0.1).to_event(1), obs=y)
+
+    row_problem = trace_problem(row_model)
+    calls["n"] = 0
+    rows = replay_deterministic(row_problem, ["field"], {"c": c}, 7, seed=0)
+    assert calls["n"] == 0
+    torch.testing.assert_close(rows["field"], torch.stack([c[:, 0], c[:, 1] ** 2], -1))

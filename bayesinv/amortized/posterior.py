@@ -11,7 +11,8 @@ r"""The posterior object of every learned method: q(target | y) behind one user-
 Fields from latent draws: a posterior whose target holds every latent sample site of the
 model returns the model's deterministic sites too (a field ``mu`` computed from an inclusion
 centre), by replaying the model with the drawn latents (as Pyro's ``Predictive``; see
-:func:`bayesinv.problem.run_batch`): ``post.infer`` and the guide do it by default,
+:func:`bayesinv.problem.replay_deterministic`: each replay stops once those sites are computed, so a
+simulator later in the model is not run): ``post.infer`` and the guide do it by default,
 ``post.sample`` with ``deterministic=True``. The fit keeps the traced model; a file does not
 hold it, so after :func:`bayesinv.load` call ``post.attach(model)`` (or pass ``model=`` to
 ``post.infer``) first.
@@ -38,7 +39,7 @@ from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms, reso
 from bayesinv.amortized.method import AmortizedMethod, make_sampler_config
 from bayesinv.errors import ProblemError
 from bayesinv.idata import to_inference_data
-from bayesinv.problem import Problem, as_problem, run_batch
+from bayesinv.problem import Problem, as_problem, replay_deterministic
 
 __all__ = ["AmortizedPosterior"]
 
@@ -168,9 +169,9 @@ class AmortizedPosterior:
         for index in np.ndindex(*batch):
             fixed = {k: values[k][index] for k in problem.latent}
             obs = None if ys is None else {k: v[index] for k, v in ys.items()}
-            run = run_batch(problem, n, y=obs, fixed=fixed, seed=seed)
+            run = replay_deterministic(problem, names, fixed, n, y=obs, seed=seed)  # stops before a later simulator
             for k in names:
-                out[k].append(run.values[k])
+                out[k].append(run[k])
         full = dict(values)
         for k in names:
             v = torch.stack(out[k])
