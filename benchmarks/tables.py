@@ -202,8 +202,9 @@ def page_default_settings() -> list[str]:
     return ["## Default settings (no options passed)", "",
             "C2ST (0.5 = indistinguishable) of every learned method called without options, beside sbi's NPE,",
             "on vector problems with reference posteriors; each cell from the latest run of that method on that",
-            "problem (`[n]`: the run). flow's and cond_score's training defaults changed on 2026-12-02: their cells",
-            "from earlier runs are of the previous defaults.", "", *_table(["method", *problems], rows), *cite.render()]
+            "problem (`[n]`: the run). The defaults of flow, cond_score and flow_matching last changed on 2026-12-02",
+            "(cond_score and flow_matching: the residual network); their cells are from runs with today's defaults.",
+            "", *_table(["method", *problems], rows), *cite.render()]
 
 
 #: Conditional-density result labels on the page (method label -> shown as).
