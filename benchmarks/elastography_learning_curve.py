@@ -21,11 +21,14 @@ Run (2-core CPU, one thread; the budgets add up, 60 CPU-minutes ≈ 60 minutes o
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/elastography_learning_curve.py --noise 0.05 --budgets 15 60 180
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/elastography_learning_curve.py --noise 0.05 --budgets 15 \
         --base-channels 16 --precision bfloat16 --tag w16_bf16
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/elastography_learning_curve.py --noise 0.05 --budgets 15 60 \
+        --base-channels 16 --precision bfloat16 --tag w16_bf16 --resume      # continues the run above to 60
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -39,7 +42,7 @@ import torch  # noqa: E402
 
 import bayesinv  # noqa: E402
 import bayesinv.amortized.fit as fit_module  # noqa: E402
-from _common import metadata, set_threads, write_results  # noqa: E402
+from _common import RESULTS, metadata, set_threads, write_results  # noqa: E402
 from bayesinv.models import elastography as el  # noqa: E402
 from elastography import OUT, PUBLISHED, normalise, training_pairs  # noqa: E402
 from elastography_latent import field_rmse, references  # noqa: E402
@@ -109,6 +112,7 @@ def main() -> None:
     p.add_argument("--probe-steps", type=int, default=40, help="steps of the first segment, which measures the step cost")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default=None)
+    p.add_argument("--resume", action="store_true", help="continue this tag's run from its checkpoint and results file to larger budgets")
     p.add_argument("--machine", default="2-core CPU, no GPU (shared with other jobs)")
     args = p.parse_args()
     if sorted(args.budgets) != list(args.budgets) or args.budgets[0] <= 0:
@@ -124,10 +128,21 @@ def main() -> None:
     name = f"elastography_curve_{args.noise:g}" + (f"_{args.tag}" if args.tag else "")
     out = {"meta": metadata(args.machine), "args": vars(args), "published": PUBLISHED.get(args.noise), "points": []}
     checkpoint = OUT / f"{name}.ckpt"
-    checkpoint.unlink(missing_ok=True)  # the CPU time of an earlier run is not known: start afresh
-    post, cpu_total = fit_to(problem, data, args, max(args.probe_steps, 1), checkpoint, False)
-    steps = post.info["train_steps"]
+    done = json.loads((RESULTS / f"{name}.json").read_text()) if args.resume and (RESULTS / f"{name}.json").exists() else None
+    if done is not None and done["points"] and checkpoint.exists():
+        # continue the run this tag's results file records: its checkpoint is at its last budget's steps
+        last = done["points"][-1]
+        out["points"], out["resumed_from"] = done["points"], done["meta"]
+        steps, cpu_total = int(last["train_steps"]), 60 * float(last["train_cpu_min"])
+    else:
+        if args.resume:
+            raise SystemExit(f"--resume: no checkpoint {checkpoint} with a results file {RESULTS / (name + '.json')} to continue")
+        checkpoint.unlink(missing_ok=True)  # the CPU time of an earlier run is not known: start afresh
+        post, cpu_total = fit_to(problem, data, args, max(args.probe_steps, 1), checkpoint, False)
+        steps = post.info["train_steps"]
     for budget in args.budgets:
+        if any(pt["budget_cpu_min"] == budget for pt in out["points"]):
+            continue
         while cpu_total < 0.98 * budget * 60:
             per_step = cpu_total / steps
             target = steps + max(1, int((budget * 60 - cpu_total) / per_step))

@@ -208,8 +208,10 @@ def page_default_settings() -> list[str]:
 
 
 #: Conditional-density result labels on the page (method label -> shown as).
-CONDITIONAL_SHOWN = {"cond_score ve ode": "cond_score VE, ODE (300 epochs)", "cond_score vp_10k_samplers ode": "cond_score VP, ODE (10,000 epochs)",
-                     "flow nsf": "flow (NSF)", "flow_matching default": "flow_matching (defaults)", "vae default": "vae (defaults)"}  # fmt: skip
+CONDITIONAL_SHOWN = {"cond_score ve ode": "cond_score VE, ODE (MLP, 300 epochs)", "cond_score vp_10k_samplers ode": "cond_score VP, ODE (MLP, 10,000 epochs)",
+                     "cond_score defaults_resmlp": "cond_score (defaults: residual MLP, 100 epochs)",
+                     "flow nsf": "flow (NSF)", "flow_matching defaults_resmlp": "flow_matching (defaults: residual MLP, 100 epochs)",
+                     "vae default": "vae (defaults)"}  # fmt: skip
 
 
 def page_conditional_densities() -> list[str]:
