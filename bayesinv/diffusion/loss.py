@@ -111,6 +111,10 @@ def ncsn_loss(
     return _squared_error(sigma, _call(score_net, x_noisy, y, sigma, mask), z)
 
 
+#: The smallest noise scale of the straight path that the log-uniform times (and a ``"log_sigma"`` time input) resolve.
+LOG_SIGMA_FLOOR = 1e-5
+
+
 def flow_matching_times(
     n: int,
     *,
@@ -122,7 +126,7 @@ def flow_matching_times(
 ) -> Tensor:
     r"""``n`` training times of the straight path: uniform on [0, 1], except a share ``log_fraction``
     whose noise scale :math:`\sigma_t = 1 - (1 - \sigma_{min}) t` is log-uniform on
-    :math:`[\max(\sigma_{min}, 10^{-5}), 1]`.
+    :math:`[\max(\sigma_{min}, 10^{-5}), 1]` (:data:`LOG_SIGMA_FLOOR`).
 
     Example:
         >>> t = flow_matching_times(4, log_fraction=0.5, generator=torch.Generator().manual_seed(0))
@@ -130,7 +134,7 @@ def flow_matching_times(
     t = torch.rand(n, generator=generator, dtype=dtype, device=device)
     if log_fraction > 0:
         u = torch.rand(n, generator=generator, dtype=dtype, device=device)
-        floor = max(sigma_min, 1e-5)
+        floor = max(sigma_min, LOG_SIGMA_FLOOR)
         t_log = (1 - floor**u) / (1 - sigma_min)  # sigma_t = floor^u
         t = torch.where(torch.rand(n, generator=generator, dtype=dtype, device=device) < log_fraction, t_log, t)
     return t

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from bayesinv.amortized.layout import Layout
 from bayesinv.diffusion import expand_like, process_from_spec
+from bayesinv.diffusion.loss import LOG_SIGMA_FLOOR
 from bayesinv.errors import ProblemError
 from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding
 from bayesinv.nets.mlp import ResidualScoreMLP, ScoreMLP
@@ -29,9 +30,6 @@ ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tan
 
 #: The process of a JSON-able spec (:func:`~bayesinv.diffusion.sde.process_from_spec`), under its older name.
 make_process = process_from_spec
-
-#: The smallest noise scale a ``"log_sigma"`` time input resolves (a path with ``sigma_min`` = 0 is clamped there).
-LOG_SIGMA_FLOOR = 1e-5
 
 
 def chunk_rows(spec: Mapping[str, Any], chunk_size: int | None = None) -> int:
