@@ -263,6 +263,13 @@ def page_elastography() -> list[str]:
             r = d["result"]
             rows.append([noise, "cond_score, target mu (field)", f"{r['mean_rmse']:.3f} ({r['published_mean_rmse']})",
                          f"{r['std_rmse']:.3f} ({r['published_std_rmse']})", f"{r['fit_time_s']:.0f}", cite(d["meta"])])
+    for path in sorted(RESULTS.glob("elastography_curve_*.json")):  # the learning curve: one row per budget
+        d = json.loads(path.read_text())
+        a = d["args"]
+        for pt in d["points"]:
+            rows.append([f"{a['noise']:g}", f"cond_score, target mu, U-Net {a['base_channels']} ch. {a.get('precision', 'float32')}, "
+                         f"{pt['budget_cpu_min']:g} CPU-min", f"{pt['mean_rmse']:.3f} ({d['published'][0]})",
+                         f"{pt['std_rmse']:.3f} ({d['published'][1]})", "–", cite(d["meta"])])  # fmt: skip
     for path in sorted(RESULTS.glob("elastography_latent_*.json"), key=lambda p: float(p.stem.split("_")[-1]) if p.stem.split("_")[-1].replace(".", "").isdigit() else 9):
         d = json.loads(path.read_text())
         for r in d.get("results", []):
