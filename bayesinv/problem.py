@@ -779,22 +779,25 @@ def _row_valid(values: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
     return valid
 
 
-class _StopModel(Exception):
-    r"""Raised by :class:`_StopAfter` once every wanted site has run."""
+class StopModel(Exception):
+    r"""Raised by :class:`StopAfter` once every wanted site has a value."""
 
 
-class _StopAfter(Messenger):
-    r"""Stops the model (raises :class:`_StopModel`) once every site of ``names`` has been recorded:
-    entered inside ``poutine.trace``, its post-processing runs after the trace's."""
+class StopAfter(Messenger):
+    r"""Records the values of the sample (and deterministic) sites ``names`` and stops the model run
+    (raises :class:`StopModel`) after the last of them: what comes later in the model — a simulator,
+    the observation — is not run."""
 
     def __init__(self, names: Any):
         super().__init__()
-        self.left = set(names)
+        self.names = set(names)
+        self.values: dict[str, torch.Tensor] = {}
 
     def _postprocess_message(self, msg: dict) -> None:
-        self.left.discard(msg["name"])
-        if not self.left:
-            raise _StopModel
+        if msg["type"] == "sample" and msg["name"] in self.names:
+            self.values[msg["name"]] = torch.as_tensor(msg["value"]).detach()
+            if set(self.values) == self.names:
+                raise StopModel
 
 
 def replay_deterministic(
@@ -829,31 +832,33 @@ def replay_deterministic(
         y, _ = problem.check_y(y)
     arg = problem.model_argument(y)
 
-    def run(fix: Mapping[str, torch.Tensor], batch: int | None) -> dict:
-        ctx = RunContext(batch_size=batch, replay=None)
-        with run_context(ctx), poutine.trace() as tracer, _FixLatents(fix), _StopAfter(names):
+    def run(fix: Mapping[str, torch.Tensor], batch: int | None) -> dict[str, torch.Tensor]:
+        stopper = StopAfter(names)
+        with run_context(RunContext(batch_size=batch, replay=None)), _FixLatents(fix), stopper:
             try:
                 if batch is None:
                     problem.model(arg)
                 else:
                     with pyro.plate(_BATCH_PLATE, batch, dim=-(problem.batch_ndim + 1)):
                         problem.model(arg)
-            except _StopModel:
+            except StopModel:
                 pass
-        return tracer.trace.nodes
+        missing = sorted(set(names) - set(stopper.values))
+        if missing:
+            raise ProblemError(f"the model finished without visiting the deterministic site(s) {missing}")
+        return stopper.values
 
     with pyro.validation_enabled(False), warnings.catch_warnings(), _rng(seed):
         warnings.simplefilter("ignore", RuntimeWarning)
         if _vectorizable(problem) is not False:
             try:
-                nodes = run(fixed, n)
-                out = {k: torch.as_tensor(nodes[k]["value"]).detach() for k in names}
+                out = run(fixed, n)
                 if all(tuple(v.shape) == (n, *problem.sites[k].shape) for k, v in out.items()):
                     return out
             except Exception:  # noqa: BLE001 - a model that does not broadcast runs row by row below
                 pass
         rows = [run({k: v[i] for k, v in fixed.items()}, None) for i in range(n)]
-    return {k: torch.stack([torch.as_tensor(r[k]["value"]).detach() for r in rows]) for k in names}
+    return {k: torch.stack([r[k] for r in rows]) for k in names}
 
 
 def _run_vectorized(problem, n, y, fixed, replay_sims, want_prior) -> Batch | None:

@@ -35,7 +35,6 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from bayesinv._checks import check_count, check_seed
@@ -43,31 +42,12 @@ from bayesinv._context import RunContext, run_context
 from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms
 from bayesinv.amortized.pairs import Pairs, split_sites, training_data
 from bayesinv.errors import ProblemError
-from bayesinv.problem import Problem
+from bayesinv.problem import Problem, StopAfter, StopModel
 
 __all__ = ["prior_draws", "prior_data", "prepare_prior_pairs"]
 
 _PLATE = "_bayesinv_draws"  # the batch plate of bayesinv.problem.run_batch
 _CHUNK = 10_000
-
-
-class _Stop(Exception):
-    r"""Ends a prior run once every target site has a value."""
-
-
-class _StopAfter(Messenger):
-    r"""Records the target sites' values and stops the run after the last of them."""
-
-    def __init__(self, names: tuple[str, ...]):
-        super().__init__()
-        self.names = set(names)
-        self.values: dict[str, Tensor] = {}
-
-    def _postprocess_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and msg["name"] in self.names:
-            self.values[msg["name"]] = torch.as_tensor(msg["value"]).detach()
-            if set(self.values) == self.names:
-                raise _Stop
 
 
 class _NoSimulation(dict):
@@ -87,7 +67,7 @@ class _NoSimulation(dict):
 
 def _run(problem: Problem, target: tuple[str, ...], n: int | None) -> dict[str, Tensor] | None:
     r"""One run of the model up to its target sites: vectorised over ``n`` draws, or one draw (``n=None``)."""
-    stopper = _StopAfter(target)
+    stopper = StopAfter(target)
     ctx = RunContext(batch_size=n, replay=_NoSimulation(target))
     try:
         with run_context(ctx), stopper:
@@ -96,7 +76,7 @@ def _run(problem: Problem, target: tuple[str, ...], n: int | None) -> dict[str, 
             else:
                 with pyro.plate(_PLATE, n, dim=-(problem.batch_ndim + 1)):
                     problem.model(None)
-    except _Stop:
+    except StopModel:
         return stopper.values
     missing = sorted(set(target) - set(stopper.values))
     raise ProblemError(f"the model finished without visiting the target site(s) {missing}")
