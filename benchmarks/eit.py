@@ -266,11 +266,12 @@ def published_datasets(settings: list[tuple[int, float]], workers: int, n: int, 
               f"{size / 2**30:.2f} GiB at {path}; split {row['split']}", flush=True)  # fmt: skip
 
 
-def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int, base_channels: int = 16):
-    r"""Fits one learned method for ``train_steps`` optimiser steps."""
+def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int, base_channels: int = 16,
+         precision: str = "float32"):
+    r"""Fits one learned method for ``train_steps`` optimiser steps (loss in ``precision``)."""
     import bayesinv
 
-    common = dict(target="sigma", data=train, seed=seed, progress=False, max_steps=train_steps)
+    common = dict(target="sigma", data=train, seed=seed, progress=False, max_steps=train_steps, precision=precision)
     if method == "vae":
         return bayesinv.fit(eit.model, method="vae", embedding="mlp", latent_dim=64, hidden=(512, 256),
                             regressor_hidden=(512, 256), beta=0.01, batch_size=64, patience=None, **common)  # fmt: skip
@@ -280,8 +281,10 @@ def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int, base_cha
     from bayesinv.methods.cond_score import CondScoreConfig
 
     cfg = CondScoreConfig(process="ve", sigma_max=10.0, embed_dim=64, base_channels=base_channels, channel_mults=(1, 2, 2),
-                          batch_size=32, max_epochs=None, max_steps=train_steps, patience=None, lr=2e-3, ema_decay=0.99)  # fmt: skip
+                          batch_size=32, max_epochs=None, max_steps=train_steps, patience=None, lr=2e-3, ema_decay=0.99,
+                          precision=precision)  # fmt: skip
     common.pop("max_steps")
+    common.pop("precision")
     if method == "cond_score":
         return bayesinv.fit(eit.model, method="cond_score", config=cfg, **common)
     if method == "csd_star":
@@ -324,7 +327,7 @@ def learned(args) -> None:
     payload = json.loads(results_path.read_text()) if results_path.exists() else {"methods": {}}
     run_meta = metadata(args.machine)  # at the start: the code that runs
     payload.update(run_meta, image_size=size, num_train=args.num_train, published_split=args.published,
-                   base_channels=args.base_channels, train_steps=args.train_steps,
+                   base_channels=args.base_channels, precision=args.precision, train_steps=args.train_steps,
                    num_val=args.num_val, num_test=args.num_test, anomalies=k, snr_db=snr,
                    test_anomalies=test_k, test_snr_db=test_snr)  # fmt: skip
     t0 = time.perf_counter()
@@ -346,7 +349,8 @@ def learned(args) -> None:
                 fit_s = float(post.info.get("fit_time_s") or math.nan)
                 print(f"  {method}: reusing {saved} (fitted in {fit_s:.0f} s)", flush=True)
             else:
-                post = _fit(method, eit, train, args.train_steps.get(method, 1000), args.seed, args.base_channels)
+                post = _fit(method, eit, train, args.train_steps.get(method, 1000), args.seed, args.base_channels,
+                           args.precision)
                 fit_s = time.perf_counter() - t0
             scalars = {key: v for key, v in post.info.items() if isinstance(v, (int, float, bool, type(None)))}
             print(f"  {method}: fitted in {fit_s:.0f} s, {scalars}", flush=True)
@@ -397,6 +401,8 @@ def main() -> None:
     parser.add_argument("--published", action="store_true",
                         help="with --learned: train, validate and test on the published-size store (128 x 128, 21,600 training pairs)")
     parser.add_argument("--base-channels", type=int, default=16, help="U-Net width of cond_score and CSD*")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="training loss precision of every learned method (bfloat16: autocast)")
     parser.add_argument("--machine", default=_machine(), help="description of the machine, for the result files")
     parser.add_argument("--datasets", nargs="*", metavar="K:SNR", default=None,
                         help="simulate and store the published-size datasets, e.g. 2:40 4:25 (default: all four)")
