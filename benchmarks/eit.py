@@ -271,20 +271,19 @@ def _fit(method: str, eit: "E.EIT", train, train_steps: int, seed: int, base_cha
     r"""Fits one learned method for ``train_steps`` optimiser steps (loss in ``precision``)."""
     import bayesinv
 
-    common = dict(target="sigma", data=train, seed=seed, progress=False, max_steps=train_steps, precision=precision)
+    common = dict(target="sigma", data=train, seed=seed, progress=False)
+    budget = dict(max_steps=train_steps, precision=precision)  # vae / flow options; the U-Net methods take them in cfg
     if method == "vae":
         return bayesinv.fit(eit.model, method="vae", embedding="mlp", latent_dim=64, hidden=(512, 256),
-                            regressor_hidden=(512, 256), beta=0.01, batch_size=64, patience=None, **common)  # fmt: skip
+                            regressor_hidden=(512, 256), beta=0.01, batch_size=64, patience=None, **budget, **common)  # fmt: skip
     if method == "flow":
         return bayesinv.fit(eit.model, method="flow", flow="multiscale", embedding="mlp", embed_dim=64, hidden=(32,),
-                            num_transforms=3, scales=2, batch_size=64, patience=None, **common)  # fmt: skip
+                            num_transforms=3, scales=2, batch_size=64, patience=None, **budget, **common)  # fmt: skip
     from bayesinv.methods.cond_score import CondScoreConfig
 
     cfg = CondScoreConfig(process="ve", sigma_max=10.0, embed_dim=64, base_channels=base_channels, channel_mults=(1, 2, 2),
                           batch_size=32, max_epochs=None, max_steps=train_steps, patience=None, lr=2e-3, ema_decay=0.99,
                           precision=precision)  # fmt: skip
-    common.pop("max_steps")
-    common.pop("precision")
     if method == "cond_score":
         return bayesinv.fit(eit.model, method="cond_score", config=cfg, **common)
     if method == "csd_star":
