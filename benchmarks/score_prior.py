@@ -6,13 +6,15 @@ r"""score_prior: one learned prior, several operators and noise levels, no retra
    the exact mean (and relative to the exact mean's RMS) and mean sd against the exact sd,
    over ``--observations`` observations.
 2. **Sparse-view CT and accelerated MRI** (``bayesinv.models.imaging``, 32 × 32 ellipse
-   phantoms): ONE prior (an MLP score network: a U-Net trains ~100x slower on the shared 2-core
-   CPU of these runs) trained on phantoms serves CT with 16 and 8 views and MRI at
+   phantoms): ONE prior (by default a 16-channel U-Net trained in bfloat16 autocast,
+   ``--network mlp`` for the earlier MLP) trained on phantoms serves CT with 16 and 8 views and MRI at
    4× and 8× acceleration, each at two noise levels. PSNR / SSIM (scikit-image) of the
    posterior mean of ``--draws`` draws against the truth, on ``--phantoms`` test phantoms,
-   for the classical baseline (filtered back-projection / zero-filled inverse FFT), DPS
-   (``step_rule="normalized"``) and the data-consistency step (λ chosen on validation
-   phantoms by ``choose_lambda``).
+   for the classical baseline (filtered back-projection / zero-filled inverse FFT), the
+   total-variation reconstruction (its weight chosen on the validation phantoms by
+   ``choose_tv_weight``), DPS (``step_rule="normalized"``, ζ chosen on the validation phantoms)
+   and the data-consistency step (λ chosen by ``choose_lambda``), with the coverage of the
+   pixel-wise central 90 % intervals of the draws.
 
 Raw results: ``benchmarks/results/score_prior[_quick][_deblurring|_imaging].json`` (the last part
 with ``--skip-imaging`` / ``--skip-deblurring``).
@@ -35,7 +37,7 @@ import torch
 import bayesinv
 from bayesinv.methods.score_prior import choose_lambda
 from bayesinv.models.deblurring import Deblurring
-from bayesinv.models.imaging import AcceleratedMRI, SparseViewCT, psnr_ssim
+from bayesinv.models.imaging import AcceleratedMRI, SparseViewCT, choose_tv_weight, psnr_ssim
 
 try:
     from benchmarks._common import metadata, set_threads, write_results
@@ -80,13 +82,34 @@ def deblurring(args) -> list[dict]:
     return rows
 
 
+def coverage(truth: np.ndarray, draws: np.ndarray, level: float = 0.9) -> float:
+    r"""Share of pixels whose truth lies in the central ``level`` interval of the draws ``(n, *shape)``."""
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return float(((truth >= lo) & (truth <= hi)).mean())
+
+
+def choose_zeta(post, y, truth, candidates, args) -> tuple[float, dict]:
+    r"""DPS's ζ (normalized rule) with the smallest posterior-mean MSE on the validation pairs."""
+    table = {}
+    for zeta in candidates:
+        try:
+            draws = post.sample(torch.as_tensor(y), 2, seed=0, guidance="dps", step_rule="normalized", step_size=zeta,
+                                steps=args.lambda_steps)["x"].numpy()  # fmt: skip
+            table[float(zeta)] = float(((draws.mean(1) - truth) ** 2).mean())
+        except bayesinv.errors.ProblemError:  # diverged: not a candidate
+            table[float(zeta)] = float("inf")
+    return min(table, key=table.get), table
+
+
 def imaging(args) -> list[dict]:
     size = 32
     train = SparseViewCT(size, 16)
     t0 = time.perf_counter()
+    net_opts = ({"network": "mlp", "hidden": (args.width,) * 3} if args.network == "mlp" else
+                {"network": "unet", "base_channels": args.base_channels, "precision": args.precision})  # fmt: skip
     post = bayesinv.fit(train.model, method="score_prior", target="x", num_simulations=args.phantoms_train, seed=0,
-                        network="mlp", hidden=(args.width,) * 3, max_steps=args.prior_steps, batch_size=128, lr=1e-3,
-                        lr_schedule="cosine", patience=None, progress=False)  # fmt: skip
+                        max_steps=args.prior_steps, batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine",
+                        patience=None, progress=False, **net_opts)  # fmt: skip
     fit_s = time.perf_counter() - t0
     print("prior fitted", round(fit_s), "s", post.info, flush=True)
     problems = []
@@ -103,25 +126,34 @@ def imaging(args) -> list[dict]:
         op = getattr(problem, "view_operator", problem.operator)  # CT: the measured views with a right inverse
         lam, table = choose_lambda(post, y_val, x_val, op, candidates=(0.2, 0.5, 0.8, 1.0), num_samples=2,
                                    steps=args.lambda_steps)  # fmt: skip
+        zeta, zeta_table = choose_zeta(post, y_val, x_val, args.zetas, args)
+        tv_weight, tv_table = choose_tv_weight(problem, y_val, x_val)
         x_test, y_test = problem.draw(args.phantoms, seed=7)
-        scores = {baseline: [], "dps": [], "consistency": []}
+        scores = {baseline: [], "TV": [], "dps": [], "consistency": []}
+        cover = {"dps": [], "consistency": []}
         times = {"dps": 0.0, "consistency": 0.0}
         for k in range(args.phantoms):
             scores[baseline].append(psnr_ssim(x_test[k], problem.baseline(y_test[k])))
-            for guidance, opts in (("dps", {"step_rule": "normalized", "step_size": args.zeta}),
+            scores["TV"].append(psnr_ssim(x_test[k], problem.tv(y_test[k], tv_weight)))
+            for guidance, opts in (("dps", {"step_rule": "normalized", "step_size": zeta}),
                                    ("consistency", {"operator": op, "lam": lam})):  # fmt: skip
                 t0 = time.perf_counter()
                 draws = post.sample(torch.as_tensor(y_test[k]), args.draws, seed=k, guidance=guidance, steps=args.sample_steps,
                                     **opts)["x"].numpy()  # fmt: skip
                 times[guidance] += time.perf_counter() - t0
                 scores[guidance].append(psnr_ssim(x_test[k], draws.mean(0)))
+                cover[guidance].append(coverage(x_test[k], draws))
         for method, vals in scores.items():
             vals = np.asarray(vals)
             rows.append({"problem": name, "noise": noise, "method": method, "psnr": float(vals[:, 0].mean()),
-                         "ssim": float(vals[:, 1].mean()), "lam": lam if method == "consistency" else None,
-                         "lambda_table": table if method == "consistency" else None,
-                         "sample_s_per_phantom": times.get(method, 0.0) / args.phantoms, "fit_s": fit_s})  # fmt: skip
-            print(rows[-1], flush=True)
+                         "ssim": float(vals[:, 1].mean()), "coverage_90": float(np.mean(cover[method])) if method in cover else None,
+                         "lam": lam if method == "consistency" else None, "lambda_table": table if method == "consistency" else None,
+                         "zeta": zeta if method == "dps" else None, "zeta_table": zeta_table if method == "dps" else None,
+                         "tv_weight": tv_weight if method == "TV" else None, "tv_table": tv_table if method == "TV" else None,
+                         "sample_s_per_phantom": times.get(method, 0.0) / args.phantoms, "fit_s": fit_s,
+                         "prior": {**net_opts, "steps": args.prior_steps, "phantoms": args.phantoms_train,
+                                   "best_val_loss": post.info.get("best_val_loss")}})  # fmt: skip
+            print({k: v for k, v in rows[-1].items() if not k.endswith("table")}, flush=True)
     return rows
 
 
@@ -131,20 +163,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-deblurring", action="store_true")
     parser.add_argument("--skip-imaging", action="store_true")
+    parser.add_argument("--network", default="unet", choices=["unet", "mlp"], help="the imaging prior's score network")
+    parser.add_argument("--base-channels", type=int, default=16, help="U-Net width")
+    parser.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16"], help="U-Net training precision")
+    parser.add_argument("--prior-steps", type=int, default=None, help="training steps of the imaging prior")
+    parser.add_argument("--label", default="", help="suffix of the results file")
     args = parser.parse_args()
     q = args.quick
     args.deblur_steps, args.deblur_draws, args.observations = (300, 100, 1) if q else (2000, 300, 2)
     args.deblur_sample_steps = 50 if q else 400
-    args.prior_steps, args.phantoms_train, args.width = (100, 2000, 256) if q else (2000, 10_000, 512)
-    args.sample_steps, args.lambda_steps, args.draws, args.phantoms = (30, 10, 2, 1) if q else (100, 50, 4, 3)
-    args.zeta = 0.2
+    steps, args.phantoms_train, args.width = (100, 2000, 256) if q else (3000, 10_000, 512)
+    args.prior_steps = args.prior_steps or steps
+    args.batch_size, args.lr = (64, 2e-3) if args.network == "unet" else (128, 1e-3)
+    args.sample_steps, args.lambda_steps, args.draws, args.phantoms = (30, 10, 4, 1) if q else (100, 50, 16, 3)
+    args.zeta, args.zetas = 0.2, (0.2, 0.5, 1.0, 2.0, 5.0)
     set_threads(args.threads)
     out = {"meta": metadata(MACHINE), "settings": {k: v for k, v in vars(args).items()}}
     if not args.skip_deblurring:
         out["deblurring"] = deblurring(args)
     if not args.skip_imaging:
         out["imaging"] = imaging(args)
-    name = "score_prior" + ("_quick" if q else "") + ("_deblurring" if args.skip_imaging else "") + ("_imaging" if args.skip_deblurring else "")
+    name = "score_prior" + ("_quick" if q else "") + ("_deblurring" if args.skip_imaging else "") + ("_imaging" if args.skip_deblurring else "") + args.label
     print("wrote", write_results(name, out))
 
 

@@ -257,3 +257,42 @@ def test_field_target_unet_smoke(tmp_path):
         max_steps=2, base_channels=8, channel_mults=(1, 2), **FAST), progress=False)  # fmt: skip
     assert post.config["net"]["embedding"]["kind"] == "mlp"
     assert post.sample(np.zeros(5), 2, sampler="sde", steps=3)["E"].shape == (2, 8, 8)
+
+
+def test_thresholded_score_clips_the_denoiser_and_keeps_it_inside():
+    from bayesinv.diffusion import VE, thresholded_score, tweedie_denoise
+
+    process = VE(sigma_max=5.0)
+    far = lambda x, t: (3.0 - x) / process.sigma_sq(t)  # noqa: E731  (the score of a point mass at 3: x̂₀ = 3)
+    inside = lambda x, t: (0.2 - x) / process.sigma_sq(t)  # noqa: E731  (x̂₀ = 0.2, inside [-1, 1])
+    x, t = torch.linspace(-4, 4, 9).reshape(9, 1), torch.tensor(0.3)
+    low, high = torch.tensor([-1.0]), torch.tensor([1.0])
+    torch.testing.assert_close(tweedie_denoise(thresholded_score(far, process, low, high), x, t, process), torch.ones(9, 1))
+    torch.testing.assert_close(thresholded_score(inside, process, low, high)(x, t), inside(x, t))  # unchanged inside
+
+
+def test_clip_keeps_draws_of_an_under_trained_network_in_the_training_range(linear, tmp_path):
+    lg, post = linear
+    rough = bayesinv.fit(lg.model, method="cond_score", num_simulations=500, seed=0, progress=False,
+                         config=CondScoreConfig(hidden=(32,), max_steps=20, **FAST))  # fmt: skip  (barely trained)
+    lo, hi = (np.asarray(r) for r in zip(*rough.config["x_range"]))
+    _, y = lg.draw(seed=3)
+    norm = lambda d: rough.x_norm(torch.as_tensor(d).reshape(-1, 2)).numpy()  # noqa: E731
+    free = norm(rough.sample(y, 400, seed=0, sampler="sde", steps=100)["theta"])
+    clipped = norm(rough.sample(y, 400, seed=0, sampler="sde", steps=100, clip=True)["theta"])
+    assert (free < lo - 1e-3).any() or (free > hi + 1e-3).any()  # measured: 90 % of the draws outside
+    assert (clipped >= lo - 1e-5).all() and (clipped <= hi + 1e-5).all()  # the final Tweedie step is clipped: exactly inside
+    idata = rough.infer(y, 20, seed=0, sampler="ode", clip=True)
+    assert bool(idata.sample_stats["clip"].values)
+    # a trained network's draws barely change (its denoiser stays in range): posterior mean within 0.1 std
+    a = post.sample(y, 2000, seed=0, sampler="ode")["theta"].numpy()
+    b = post.sample(y, 2000, seed=0, sampler="ode", clip=True)["theta"].numpy()
+    np.testing.assert_array_less(np.abs(a.mean(0) - b.mean(0)), 0.1 * a.std(0))
+    with pytest.raises(ProblemError, match="clip=True has none"):
+        post.log_prob({"theta": a[:5]}, y, clip=True)
+    # a file saved without the range refuses clip=True by name
+    post.save(tmp_path / "p.bayesinv")
+    old = bayesinv.load(tmp_path / "p.bayesinv")
+    del old.config["x_range"]
+    with pytest.raises(ProblemError, match="refit it to sample with clip=True"):
+        old.sample(y, 5, clip=True)

@@ -297,3 +297,29 @@ def test_mri_operator_is_unitary_and_the_model_observes_the_lines():
     assert problem.sites["x"].shape == (16, 16) and problem.sites["y"].shape == (2, 16, 4)
     draws = prior_draws(problem, ("x",), 64, seed=0)["x"]
     assert draws.shape == (64, 16, 16) and float(draws.amax()) > 0.2 and float(draws[:, 0, 0].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["ct", "mri"])
+def test_tv_reconstruction_fits_the_data_and_beats_the_linear_baseline(kind):
+    from skimage.restoration import denoise_tv_chambolle  # noqa: F401  (the prox the reconstruction uses)
+
+    from bayesinv.models.imaging import AcceleratedMRI, SparseViewCT, choose_tv_weight, psnr_ssim
+
+    problem = SparseViewCT(16, 6, full_views=30, noise=0.2) if kind == "ct" else AcceleratedMRI(16, 4, noise=0.05, texture=False)
+    xs, ys = problem.draw(2, seed=3)
+    weight, table = choose_tv_weight(problem, ys, xs, problem.noise**2 * np.logspace(-1, 3, 5), iters=40)
+    assert len(table) == 5 and table[weight] == min(table.values())
+    rec = problem.tv(ys, weight, iters=40)
+    assert rec.shape == xs.shape and rec.dtype == np.float32
+    # sharper than FBP / the zero-filled FFT on these piecewise-constant phantoms (measured: +3 to +8 dB)
+    for k in range(2):
+        assert psnr_ssim(xs[k], rec[k])[0] > psnr_ssim(xs[k], problem.baseline(ys[k]))[0] + 1.0
+    # a tiny weight leaves the least-squares data fit: the residual falls far below the baseline's
+    # (the TV term's share); FISTA lowers the data misfit of its FBP / zero-filled start
+    fit = problem.tv(ys[0], 1e-6, iters=100)
+    resid = lambda x: float(((problem.measure(torch.as_tensor(x)) - torch.as_tensor(ys[0])) ** 2).sum())  # noqa: E731
+    assert resid(fit) < 0.5 * resid(problem.baseline(ys[0]))
+    with pytest.raises(ValueError, match="weight"):
+        problem.tv(ys[0], 0.0)
+    with pytest.raises(ValueError, match="trailing dimensions"):
+        problem.tv(ys[0][..., :-1], 1.0)

@@ -12,6 +12,7 @@ from bayesinv.diffusion.samplers import (
     reverse_sample,
     reverse_sde,
     step_time,
+    thresholded_score,
     tweedie_denoise,
 )
 from bayesinv.diffusion.schedules import choose_num_levels, choose_sigma_1, choose_step_size, geometric_sigmas, ncsn_levels
@@ -43,5 +44,6 @@ __all__ = [
     "insert_time",
     "sample_from_start",
     "step_time",
+    "thresholded_score",
     "tweedie_denoise",
 ]

@@ -121,6 +121,34 @@ def tweedie_denoise(score_fn: ScoreFn, x: Tensor, t: Tensor | float, process: Pr
     return (x + process.sigma_sq(t) * score_fn(x, t)) / process.mean_scale(t)
 
 
+def thresholded_score(score_fn: ScoreFn, process: Process, low: Tensor, high: Tensor) -> ScoreFn:
+    r"""The score whose Tweedie denoiser is clipped to ``[low, high]`` ("static thresholding").
+
+    :math:`\tilde s(x, t) = (m(t)\, \mathrm{clip}(\hat x_0(x, t), l, h) - x) / \sigma^2(t)` with
+    :math:`\hat x_0 = (x + \sigma^2 s) / m`: where the network's denoised estimate stays inside the
+    range the score is unchanged; where it leaves it (an under-trained network far from the data)
+    the sampler is pulled back to the nearest point of the range instead of following it out
+    (Saharia et al. 2022 clip :math:`\hat x_0` to the data range of images, [−1, 1], the same way).
+    The draws then lie in the range up to the last step's noise.
+
+    Arguments:
+        score_fn: The score :math:`s(x, t)` of a VE or VP process.
+        process: That process.
+        low, high: Bounds broadcastable to ``x`` (the training targets' range, normalised units).
+
+    Returns:
+        The clipped score, with the signature of ``score_fn``.
+    """
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        var, m = process.sigma_sq(t), process.mean_scale(t)
+        x0 = (x + var * score_fn(x, t)) / m
+        return (m * torch.minimum(torch.maximum(x0, low), high) - x) / var
+
+    return score
+
+
 @torch.no_grad()
 def annealed_langevin(
     score_fn: ScoreFn,

@@ -38,7 +38,7 @@ from bayesinv.amortized.method import (
     AmortizedMethod, NCSNOptions, ProcessOptions, ReverseOptions, ScoreNetOptions, check_choice, map_log_prob, map_rows,
     register_amortized, train_options,
 )  # fmt: skip
-from bayesinv.diffusion import initial_draws, ncsn_loss, reverse_sample, score_loss, score_objective
+from bayesinv.diffusion import initial_draws, ncsn_loss, reverse_sample, score_loss, score_objective, thresholded_score
 from bayesinv.diffusion.samplers import probability_flow_log_prob
 from bayesinv.errors import OptionError, ProblemError
 from bayesinv.nets.score import CondScoreNet, build_score_net, chunk_rows, make_process
@@ -108,13 +108,21 @@ class CondScoreSampler(ReverseOptions):
 
     Arguments:
         sampler: ``"ode"``, ``"sde"``, ``"pc"`` or ``"langevin"`` (default: the fit's).
+        clip: Clip Tweedie's denoised estimate :math:`\hat x_0` to the range of the training targets
+            (per target site) at every step (VE/VP: :func:`~bayesinv.diffusion.thresholded_score`).
+            An under-trained network's draws can then not leave the range the prior put the data in
+            (a field learnt in log units, mapped back through ``10**x``, otherwise lets a few far-out
+            draws dominate the posterior mean). Default ``False``; the ODE's ``log_prob`` is that of
+            the unclipped sampler.
     """
 
     sampler: str | None = None
+    clip: bool | None = None
 
     def __post_init__(self):
         self.check_reverse()
         check_choice(self, "sampler", (None, "ode", "sde", "pc", "langevin"))
+        check_choice(self, "clip", (None, True, False))
 
 
 def check_sample(settings: Mapping[str, Any], scfg: CondScoreSampler, given: set) -> str:
@@ -123,7 +131,7 @@ def check_sample(settings: Mapping[str, Any], scfg: CondScoreSampler, given: set
     sampler = scfg.sampler or settings.get("sampler") or DEFAULT_SAMPLER[kind]
     if sampler not in SAMPLERS[kind]:
         raise OptionError(f"sampler {sampler!r} does not fit process {kind!r}; use one of {SAMPLERS[kind]}")
-    used = SAMPLER_OPTIONS[sampler] | {"denoise", "chunk_size", "sampler"}
+    used = SAMPLER_OPTIONS[sampler] | {"denoise", "chunk_size", "sampler"} | ({"clip"} if kind != "ncsn" else set())
     ignored = sorted(set(given) - used)
     if ignored:
         raise OptionError(f"sampler {sampler!r} does not use option(s) {ignored}; its options are {sorted(used - {'sampler'})}")
@@ -134,7 +142,27 @@ def build(cfg: CondScoreConfig, pairs: Any, seed: int) -> tuple[nn.Module, dict]
     r"""The score network of ``cfg`` with its input preconditioning set from the pairs, and the saved settings."""
     proc = cfg.ncsn_spec(pairs.x, seed) if cfg.process == "ncsn" else cfg.process_spec()
     net, spec = build_score_net(cfg, pairs.target, pairs.condition, proc, pairs.x, pairs.c, vector_network="resmlp")
-    return net, {**cfg.to_json(), "sampler": cfg.sampler or DEFAULT_SAMPLER[cfg.process], "net": spec}
+    return net, {**cfg.to_json(), "sampler": cfg.sampler or DEFAULT_SAMPLER[cfg.process], "net": spec,
+                 "x_range": target_range(pairs.x, pairs.target.sizes)}  # fmt: skip
+
+
+def target_range(x: Tensor, sizes) -> list[list[float]]:
+    r"""``[low, high]`` of each target site's normalised training values ``x`` ``(N, D)`` (sites of ``sizes``)."""
+    out, start = [], 0
+    for size in sizes:
+        block = x[:, start : start + size]
+        out.append([float(block.min()), float(block.max())])
+        start += size
+    return out
+
+
+def _clip_bounds(post: Any, D: int) -> tuple[Tensor, Tensor]:
+    if "x_range" not in post.config:
+        raise ProblemError("clip=True needs the training targets' range, which this posterior's file (saved before"
+                           " bayesinv recorded it) lacks: refit it to sample with clip=True")  # fmt: skip
+    low = torch.cat([torch.full((size,), lo) for size, (lo, _) in zip(post.target.sizes, post.config["x_range"])])
+    high = torch.cat([torch.full((size,), hi) for size, (_, hi) in zip(post.target.sizes, post.config["x_range"])])
+    return low.to(post.device), high.to(post.device)
 
 
 def loss(cfg: CondScoreConfig, net: nn.Module, settings: Mapping[str, Any]):
@@ -152,14 +180,17 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: CondS
     kind, sampler = settings["process"], check_sample(settings, scfg, set())
     B, D, dev = c.shape[0], post.target.dim, post.device
     x = initial_draws(spec, (B * n, D), mean=getattr(post.net, "x_mean", 0.0), generator=generator, device=dev)
+    bounds = _clip_bounds(post, D) if scfg.clip else None
 
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
         score = lambda x_, level: post.net(x_, c_chunk, level)  # noqa: E731
+        if bounds is not None:
+            score = thresholded_score(score, make_process(spec), *bounds)
         return reverse_sample(sampler, score, x_chunk, spec, scfg, t_min=settings["t_min"], generator=generator)
 
     owner = torch.arange(B, device=dev).repeat_interleave(n)
     out, nfe = map_rows(run, x, c, owner, chunk_rows(settings["net"], scfg.chunk_size))
-    stats = {"sampler": sampler, "process": kind, "nfe": nfe, "num_chunks": len(out)}
+    stats = {"sampler": sampler, "process": kind, "nfe": nfe, "num_chunks": len(out), "clip": bool(scfg.clip)}
     if kind == "ncsn":
         stats.update(sigma_max=max(spec["sigmas"]), sigma_min=min(spec["sigmas"]), num_levels=len(spec["sigmas"]))
     else:
@@ -184,6 +215,8 @@ def log_prob(post: Any, x: Tensor, c: Tensor, scfg: CondScoreSampler, generator:
     if (scfg.sampler or "ode") != "ode":
         raise ProblemError(f"log_prob is the density of the probability-flow ODE sampler; sampler={scfg.sampler!r} is stochastic"
                            " and has none: pass sampler='ode' (and denoise=False)")  # fmt: skip
+    if scfg.clip:
+        raise ProblemError("log_prob is the density of the unclipped probability-flow ODE; clip=True has none: drop it")
     if scfg.denoise:
         raise ProblemError("log_prob is the density of the ODE sampler without the final denoising step; denoise=True"
                            " (Tweedie's step) has no tractable density: pass denoise=False")  # fmt: skip
