@@ -225,9 +225,9 @@ def reference(args) -> dict:
     out = {"prior_set_s": prior_time, "element_size": args.element_size, "num_train": args.num_train, "tests": rows}
     for key in ("gauss_vs_exact_mean_rmse", "gauss_vs_exact_std_rmse", "exact_mean_rmse_vs_truth", "gauss_mean_rmse_vs_truth",
                 "ess_wrapped", "ess_gaussian"):
-        out[key] = float(np.mean([r[key] for r in rows if key in r]))
-        out[key + "_min"] = float(np.min([r[key] for r in rows if key in r]))
-        out[key + "_max"] = float(np.max([r[key] for r in rows if key in r]))
+        vals = [r[key] for r in rows if key in r]
+        if vals:  # the Gaussian-likelihood keys only with --num-gaussian > 0
+            out[key], out[key + "_min"], out[key + "_max"] = float(np.mean(vals)), float(np.min(vals)), float(np.max(vals))
     return out
 
 
