@@ -317,8 +317,10 @@ def page_oce() -> list[str]:
     for path in sorted(RESULTS.glob("oce_cond_score*.json")):
         d = json.loads(path.read_text())
         r = d["result"]
-        rows.append(["reduced", f"cond_score ({r.get('train_steps', '?')} steps)", f"{r['mean_rmse']:.3f} / {r['std_rmse']:.3f}",
-                     f"{r['mean_rmse_vs_truth']:.3f}", _f(r.get("fit_time_s"), ".0f"), cite(d["meta"])])
+        for res in ([r["unclipped"]] if "unclipped" in r else []) + [r]:
+            clip = ", clip=True" if res.get("clip") else ""
+            rows.append(["reduced", f"cond_score ({r.get('train_steps', '?')} steps{clip})", f"{res['mean_rmse']:.3f} / {res['std_rmse']:.3f}",
+                         f"{res['mean_rmse_vs_truth']:.3f}", _f(r.get("fit_time_s"), ".0f"), cite(d["meta"])])
     ref = _load("oce_reference")
     if ref:
         r = ref["result"]
@@ -392,8 +394,12 @@ def page_optic_nerve_head() -> list[str]:
     for path in sorted(RESULTS.glob("optic_nerve_head_cond_score*.json")):
         d = json.loads(path.read_text())
         r = d["result"]
-        rows.append([f"cond_score, {r['num_train']} pairs, {d['args']['max_steps']} steps", f"{r['rmse_mean_vs_truth']:.3f} (prior mean {r['prior_mean_rmse_vs_truth']:.3f})",
-                     f"90 %: {r['coverage_90']:.2f}, 50 %: {r['coverage_50']:.2f}", "0.021, 0.032 (two cases)", cite(d["meta"])])
+        units = "log10 units" if d["args"].get("transform", "log10") == "log10" else "linear units"
+        for res in ([r["unclipped"]] if "unclipped" in r else []) + [r]:
+            clip = ", clip=True" if res.get("clip") else ""
+            rows.append([f"cond_score, {r['num_train']} pairs, {d['args']['max_steps']} steps, {units}{clip}",
+                         f"{res['rmse_mean_vs_truth']:.3f} (prior mean {res['prior_mean_rmse_vs_truth']:.3f})",
+                         f"90 %: {res['coverage_90']:.2f}, 50 %: {res['coverage_50']:.2f}", "0.021, 0.032 (two cases)", cite(d["meta"])])
     return ["## Optic nerve head (inverse Helmholtz)", "",
             "Mesh convergence of (u_R, u_I) at the pixel centres (relative L2 difference to the finest mesh), and",
             "cond_score's posterior mean against the truth in the paper's normalised units over ten test draws with",
@@ -411,8 +417,9 @@ def page_score_prior() -> list[str]:
             rows.append([r["problem"], f"{r['noise']:g}", f"{r['guidance']} ({r.get('step_rule', '')})", _f(r["mean_rmse_relative"]),
                          _f(r["sd_ratio"], ".2f"), "no" if not r.get("retrained") else "yes", cite(d["meta"])])
         for r in d.get("imaging", []):
+            cover = f", 90 % coverage {r['coverage_90']:.2f}" if r.get("coverage_90") is not None else ""
             rows.append([r.get("problem", "?"), f"{r.get('noise', float('nan')):g}", str(r.get("guidance", r.get("method", ""))),
-                         _f(r.get("psnr"), ".2f") + " dB PSNR", _f(r.get("ssim"), ".3f") + " SSIM", "no", cite(d["meta"])])
+                         _f(r.get("psnr"), ".2f") + " dB PSNR", _f(r.get("ssim"), ".3f") + " SSIM" + cover, "no", cite(d["meta"])])
     return ["## score_prior (one learned prior, the model's likelihood)", "",
             "Deblurring against the exact Gaussian posterior: relative RMSE of the posterior mean and the ratio of",
             "posterior standard deviations (1 = exact); imaging rows: PSNR / SSIM of the posterior mean against the",
