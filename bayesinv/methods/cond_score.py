@@ -156,7 +156,7 @@ def target_range(x: Tensor, sizes) -> list[list[float]]:
     return out
 
 
-def _clip_bounds(post: Any, D: int) -> tuple[Tensor, Tensor]:
+def _clip_bounds(post: Any) -> tuple[Tensor, Tensor]:
     if "x_range" not in post.config:
         raise ProblemError("clip=True needs the training targets' range, which this posterior's file (saved before"
                            " bayesinv recorded it) lacks: refit it to sample with clip=True")  # fmt: skip
@@ -180,7 +180,7 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: CondS
     kind, sampler = settings["process"], check_sample(settings, scfg, set())
     B, D, dev = c.shape[0], post.target.dim, post.device
     x = initial_draws(spec, (B * n, D), mean=getattr(post.net, "x_mean", 0.0), generator=generator, device=dev)
-    bounds = _clip_bounds(post, D) if scfg.clip else None
+    bounds = _clip_bounds(post) if scfg.clip else None
 
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
         score = lambda x_, level: post.net(x_, c_chunk, level)  # noqa: E731
