@@ -344,9 +344,7 @@ class AcceleratedMRI(_Imaging):
 
     def baseline(self, y: np.ndarray) -> np.ndarray:
         r"""The zero-filled inverse FFT of ``y`` ``(*, 2, size, lines)``."""
-        y = torch.as_tensor(np.asarray(y, np.float32))
-        flat = y.reshape(*y.shape[:-3], -1)
-        return self.operator.adjoint(self.operator.zero_fill(flat)).numpy()
+        return self._adjoint_measure(torch.as_tensor(np.asarray(y, np.float32))).numpy()
 
 
 def choose_tv_weight(problem: _Imaging, y: np.ndarray, truth: np.ndarray, candidates=None, *, iters: int = 100) -> tuple[float, dict]:

@@ -160,9 +160,8 @@ def _clip_bounds(post: Any) -> tuple[Tensor, Tensor]:
     if "x_range" not in post.config:
         raise ProblemError("clip=True needs the training targets' range, which this posterior's file (saved before"
                            " bayesinv recorded it) lacks: refit it to sample with clip=True")  # fmt: skip
-    low = torch.cat([torch.full((size,), lo) for size, (lo, _) in zip(post.target.sizes, post.config["x_range"])])
-    high = torch.cat([torch.full((size,), hi) for size, (_, hi) in zip(post.target.sizes, post.config["x_range"])])
-    return low.to(post.device), high.to(post.device)
+    per_dim = torch.tensor(post.config["x_range"]).repeat_interleave(torch.tensor(post.target.sizes), dim=0)  # (D, 2)
+    return per_dim[:, 0].to(post.device), per_dim[:, 1].to(post.device)
 
 
 def loss(cfg: CondScoreConfig, net: nn.Module, settings: Mapping[str, Any]):
@@ -181,11 +180,12 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: CondS
     B, D, dev = c.shape[0], post.target.dim, post.device
     x = initial_draws(spec, (B * n, D), mean=getattr(post.net, "x_mean", 0.0), generator=generator, device=dev)
     bounds = _clip_bounds(post) if scfg.clip else None
+    process = make_process(spec) if bounds is not None else None
 
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
         score = lambda x_, level: post.net(x_, c_chunk, level)  # noqa: E731
         if bounds is not None:
-            score = thresholded_score(score, make_process(spec), *bounds)
+            score = thresholded_score(score, process, *bounds)
         return reverse_sample(sampler, score, x_chunk, spec, scfg, t_min=settings["t_min"], generator=generator)
 
     owner = torch.arange(B, device=dev).repeat_interleave(n)
