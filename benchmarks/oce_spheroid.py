@@ -381,6 +381,83 @@ def _panels(truth, y, draws, name: str) -> None:
     fig.savefig(RESULTS / f"{name}.png", dpi=70)
 
 
+LATENT = ["width", "ratio", "center", "E_spheroid", "E_hydrogel", "top_displacement"]
+
+
+def _latent_options(method: str, args) -> dict:
+    r"""Fit options of the latent route (public ``bayesinv.fit`` names): the method's network with an embedding
+    that :func:`oce.phase_embedding_build` replaces by the phase-feature CNN."""
+    common = dict(max_epochs=None, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine",
+                  patience=None, val_fraction=0.05, embed_dim=args.embed_dim,
+                  transforms={"E_spheroid": "log", "E_hydrogel": "log", "width": "log"})
+    if method == "flow":
+        common.update(embedding="cnn", num_transforms=5, hidden=(128, 128))
+    else:  # cond_score / flow_matching: an MLP network on the 7 numbers, its MLP embedding replaced
+        common.update(network="mlp", embedding="mlp")
+    if method == "cond_score":
+        common["t_min"] = args.t_min
+    return common
+
+
+def latent(args) -> dict:
+    r"""The latent route on the reduced variant: learn the 7 parameters with a phase-feature CNN embedding, push the
+    draws through the model's field ``E_rel`` and compare the field's pixel-wise mean / sd with the exact references."""
+    import json
+
+    problem = _reduced(args)
+    t0 = time.perf_counter()
+    ds = _prior_set(args, problem)
+    sim_time = time.perf_counter() - t0
+    data = {k: torch.as_tensor(np.asarray(ds[k].values)) for k in (*LATENT, "y")}
+    ref_file = Path(__file__).resolve().parent / "results" / f"oce_reference{'_' + args.reference_tag if args.reference_tag else ''}.json"
+    ref_params = [t["params_wrapped"] for t in json.loads(ref_file.read_text())["result"]["tests"]] if ref_file.exists() else None
+    out = {"num_train": args.num_train, "prior_set_s": sim_time, "methods": {}}
+    fitted = {}
+    for method in args.methods:  # every fit first: the evaluation needs the references (``reference``) only then
+        options = _latent_options(method, args)
+        t0 = time.perf_counter()
+        post = bayesinv.fit(problem.model, method=method, target=LATENT, data=data, seed=0, progress=None, device="cpu",
+                            build=oce.phase_embedding_build(method), **options)  # fmt: skip
+        fitted[method] = (post, options, time.perf_counter() - t0)
+        print(f"{method}: fit {fitted[method][2]:.0f} s, {post.info.get('train_steps')} steps", flush=True)
+    for method, (post, options, fit_time) in fitted.items():
+        rows = []
+        for i in range(args.num_test):
+            ref = np.load(OUT / f"reference_{i}.npz")
+            t0 = time.perf_counter()
+            draws = post.sample(torch.as_tensor(ref["y"]), args.num_draws, seed=i, deterministic=True)
+            sample_time = time.perf_counter() - t0
+            lr = np.log10(np.clip(draws["E_rel"].double().numpy(), 1e-6, None))
+            m, sd = lr.mean(0), lr.std(0)
+            row = {"seed": 100 + i, "mean_rmse": _rmse(m, ref["mean"]), "std_rmse": _rmse(sd, ref["std"]),
+                   "mean_rmse_vs_truth": _rmse(m, ref["truth"]), "ref_mean_rmse_vs_truth": _rmse(ref["mean"], ref["truth"]),
+                   "sample_time_s": sample_time}
+            ratio = np.log10((draws["E_spheroid"] / draws["E_hydrogel"]).double().numpy())
+            mine = {"width": draws["width"].double().numpy(), "log10_ratio": ratio,
+                    "x": draws["center"][:, 0].double().numpy(), "y": draws["center"][:, 1].double().numpy()}
+            row["params"] = {k: [float(v.mean()), float(v.std())] for k, v in mine.items()}
+            if ref_params is not None:
+                p = ref_params[i]
+                exact = {"width": (p["width"][0][0], p["width"][1][0]), "log10_ratio": (p["log10_ratio"][0][0], p["log10_ratio"][1][0]),
+                         "x": (p["center"][0][0], p["center"][1][0]), "y": (p["center"][0][1], p["center"][1][1])}
+                row["shift_in_exact_sd"] = {k: abs(row["params"][k][0] - exact[k][0]) / exact[k][1] for k in exact}
+                row["sd_ratio"] = {k: row["params"][k][1] / exact[k][1] for k in exact}
+            print(f"{method} test {i}: mean RMSE {row['mean_rmse']:.4f}, std RMSE {row['std_rmse']:.4f}, vs truth "
+                  f"{row['mean_rmse_vs_truth']:.4f} (reference {row['ref_mean_rmse_vs_truth']:.4f})"
+                  + (f"; shift/exact sd {np.round(list(row['shift_in_exact_sd'].values()), 2)}, sd ratio "
+                     f"{np.round(list(row['sd_ratio'].values()), 2)}" if "sd_ratio" in row else "")
+                  + f"; {sample_time:.1f} s", flush=True)  # fmt: skip
+            rows.append(row)
+        res = {"options": {k: v for k, v in options.items()}, "fit_time_s": fit_time, "train_steps": post.info.get("train_steps"),
+               "num_parameters": sum(p.numel() for p in post.net.parameters()), "tests": rows}
+        for key in ("mean_rmse", "std_rmse", "mean_rmse_vs_truth", "ref_mean_rmse_vs_truth", "sample_time_s"):
+            res[key] = float(np.mean([r[key] for r in rows]))
+        out["methods"][method] = res
+        print(f"| {method} latent | {args.num_train} pairs | {res['train_steps']} steps | fit {fit_time:.0f} s "
+              f"| mean RMSE {res['mean_rmse']:.4f} | std RMSE {res['std_rmse']:.4f} | vs truth {res['mean_rmse_vs_truth']:.4f} |", flush=True)
+    return out
+
+
 def full(args) -> dict:
     problem = oce.OCESpheroid(args.image_size, workers=args.workers, element_size=args.element_size)
     path = OUT / f"full_{args.image_size}_{args.num_train}_{args.element_size:g}.zarr"
@@ -443,7 +520,7 @@ def full(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["convergence", "throughput", "wrap", "reference", "mcmc", "cond_score", "full"])
+    parser.add_argument("what", choices=["convergence", "throughput", "wrap", "reference", "mcmc", "cond_score", "latent", "full"])
     parser.add_argument("--num-draws", type=int, default=None)
     parser.add_argument("--element-sizes", type=float, nargs="+", default=[8.0, 4.0])
     parser.add_argument("--element-size", type=float, default=16.0,
@@ -479,6 +556,10 @@ def main() -> None:
                         help="cond_score: sample with clip=True (the denoiser kept in the training range), without, or both")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default=None)
+    parser.add_argument("--methods", nargs="+", default=["flow", "cond_score"], choices=["flow", "cond_score", "flow_matching"],
+                        help="latent: the methods fitted on the 7 parameters")
+    parser.add_argument("--embed-dim", type=int, default=64, help="latent: the phase-feature CNN embedding size")
+    parser.add_argument("--reference-tag", default="rerun", help="latent: oce_reference_<tag>.json holds the exact parameter posteriors")
     args = parser.parse_args()
     if args.num_draws is None:
         args.num_draws = {"convergence": 3, "throughput": 5, "wrap": 200, "full": 16}.get(args.what, 32)

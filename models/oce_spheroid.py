@@ -94,6 +94,8 @@ __all__ = [
     "phase_features",
     "PhaseFeatureNet",
     "phase_feature_build",
+    "PhaseEmbedding",
+    "phase_embedding_build",
     "augment",
     "OCESpheroid",
     "make_problem",
@@ -612,6 +614,91 @@ def phase_feature_build(cfg: Any, pairs: Any) -> PhaseFeatureNet:
     with torch.no_grad():
         inner.set_statistics(pairs.x, net.features(sub.float()))
     return net
+
+
+class PhaseEmbedding(torch.nn.Module):
+    r"""An observation embedding that sees the wrapped phase through :func:`phase_features`: a CNN on four channels.
+
+    The fit hands the embedding the normalised flat observation; it is mapped back to
+    radians, turned into the four wrap-invariant channels and encoded by a
+    :class:`~bayesinv.nets.embedding.CNNEmbedding` (position-aware ``pool="flatten"`` by
+    default: a vector target such as the spheroid's centre needs *where* the fringes bend).
+    Put it into a method's network with :func:`phase_embedding_build`.
+
+    Arguments:
+        shift, scale: The condition normaliser (``pairs.c_norm``) to undo.
+        image_size: The grid size ``n`` of the ``(n, n)`` observation.
+        out_dim: The embedding size.
+        channels: Channels of the stride-2 convolutions.
+        pool: ``"flatten"`` or ``"mean"``.
+    """
+
+    def __init__(self, shift: Any, scale: Any, image_size: int, out_dim: int, channels: tuple[int, ...] = (16, 32, 64),
+                 pool: str = "flatten"):
+        super().__init__()
+        from bayesinv.nets.embedding import CNNEmbedding
+
+        n = self.image_size = int(image_size)
+        self.register_buffer("c_shift", torch.as_tensor(shift, dtype=torch.float32).reshape(-1))
+        self.register_buffer("c_scale", torch.as_tensor(scale, dtype=torch.float32).reshape(-1))
+        if self.c_shift.numel() != n * n:
+            raise ValueError(f"PhaseEmbedding: the normaliser has {self.c_shift.numel()} entries, the ({n}, {n}) observation {n * n}")
+        self.out_dim = int(out_dim)
+        self.cnn = CNNEmbedding((4, n, n), self.out_dim, channels=tuple(channels), pool=pool)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        n = self.image_size
+        y = c * self.c_scale.to(c.dtype) + self.c_shift.to(c.dtype)
+        return self.cnn(phase_features(y.reshape(*c.shape[:-1], n, n)))
+
+
+def phase_embedding_build(method: str = "flow", *, channels: tuple[int, ...] = (16, 32, 64), pool: str = "flatten"):
+    r"""``build=`` for ``bayesinv.fit`` on an OCE model with a *vector* target: the method's own network, its
+    observation embedding replaced by a :class:`PhaseEmbedding` of the same size.
+
+    For the latent route of the reduced variant: learn q(width, ratio, centre, moduli,
+    top displacement | y) and push the draws through the model's deterministic field
+    (``post.sample(y, n, deterministic=True)["E_rel"]``). Fit the method with an embedding
+    of its own (``embedding="cnn"`` or ``"mlp"`` for ``flow`` / ``vae``; ``network="mlp",
+    embedding="mlp"`` for ``cond_score`` / ``flow_matching``): that module is the one replaced.
+
+    Example:
+        >>> post = bayesinv.fit(problem.model, method="flow", data=ds, embedding="cnn", embed_dim=64,
+        ...                     target=["width", "ratio", "center", "E_spheroid", "E_hydrogel", "top_displacement"],
+        ...                     build=phase_embedding_build("flow"))                       # doctest: +SKIP
+
+    A posterior fitted with ``build=`` cannot be saved with ``post.save``.
+    """
+    import importlib
+
+    from bayesinv.nets.embedding import CNNEmbedding, MLPEmbedding
+
+    try:
+        builder = importlib.import_module(f"bayesinv.methods.{method}").build
+    except (ImportError, AttributeError):
+        raise ValueError(f"phase_embedding_build: no amortized method {method!r} with a network builder") from None
+
+    def build(cfg: Any, pairs: Any) -> torch.nn.Module:
+        if len(pairs.condition.names) != 1 or len(pairs.condition.shapes[0]) != 2:
+            raise ValueError("phase_embedding_build needs one (n, n) phase observation, got "
+                             f"{dict(zip(pairs.condition.names, pairs.condition.shapes))}")  # fmt: skip
+        n = int(pairs.condition.shapes[0][-1])
+        net, _ = builder(cfg, pairs, 0)
+        found = []
+        for parent in list(net.modules()):
+            for name, child in list(parent.named_children()):
+                cnn = isinstance(child, torch.nn.Sequential) and any(isinstance(m, CNNEmbedding) for m in child)
+                if cnn or isinstance(child, MLPEmbedding):
+                    dim = next(m for m in child if isinstance(m, CNNEmbedding)).out_dim if cnn else child.out_dim
+                    found.append((parent, name, dim))
+        if len(found) != 1:
+            raise ValueError(f"phase_embedding_build: {method}'s network has {len(found)} observation embeddings, needs one "
+                             "(fit it with embedding='cnn' or 'mlp')")  # fmt: skip
+        parent, name, dim = found[0]
+        setattr(parent, name, PhaseEmbedding(pairs.c_norm.shift, pairs.c_norm.scale, n, dim, channels=channels, pool=pool))
+        return net
+
+    return build
 
 
 # ---------------------------------------------------------------------- augmentation

@@ -358,3 +358,35 @@ def test_cond_score_fits_with_phase_features():
     assert isinstance(post.net, oce.PhaseFeatureNet) and post.net.inner.c_dim == 4 * 64 * 64
     draws = post.sample(data["y"][0], 2, seed=0)["E_rel"]
     assert draws.shape == (2, 64, 64) and bool((draws > 0).all())
+
+
+@pytest.mark.parametrize("method, options", [("flow", {"embedding": "cnn"}), ("cond_score", {"network": "mlp", "embedding": "mlp"})])
+def test_latent_route_with_the_phase_embedding(method, options):
+    sim = lambda e: 0.5 + 0.05 * torch.log(e)  # noqa: E731  a cheap stand-in for the FEM solve (u per unit top displacement)
+    problem = oce.OCESpheroid(64, variant="homogeneous", simulator=sim)
+    ds = bayesinv.simulate(problem.model, 64, seed=0, dims=problem.dims, progress=False)
+    names = ["width", "ratio", "center", "E_spheroid", "E_hydrogel", "top_displacement"]
+    data = {k: torch.as_tensor(ds[k].values) for k in (*names, "y")}
+    post = bayesinv.fit(problem.model, method=method, target=names, data=data, transforms={"E_spheroid": "log", "E_hydrogel": "log"},
+                        max_steps=3, max_epochs=None, batch_size=16, embed_dim=8, progress=False, device="cpu", seed=0,
+                        build=oce.phase_embedding_build(method, channels=(4, 8)), **options)  # fmt: skip
+    emb = [m for m in post.net.modules() if isinstance(m, oce.PhaseEmbedding)]
+    assert len(emb) == 1 and emb[0].out_dim == 8
+    # the embedding undoes the condition's normalisation and sees the phase modulo 2π
+    y = data["y"][:2].float()
+    c = post.c_norm(y.reshape(2, -1))
+    with torch.no_grad():
+        torch.testing.assert_close(emb[0](c), emb[0].cnn(oce.phase_features(y)), atol=1e-4, rtol=0)
+        torch.testing.assert_close(emb[0](c), emb[0](post.c_norm((y + 2 * math.pi).reshape(2, -1))), atol=1e-4, rtol=0)
+    draws = post.sample(data["y"][0], 5, seed=0, deterministic=True)
+    assert draws["E_rel"].shape == (5, 64, 64) and draws["center"].shape == (5, 2)
+    # the field is the model's deterministic site of the drawn parameters
+    field = oce.homogeneous_field(64, *(draws[k] for k in ("width", "ratio", "center", "E_spheroid", "E_hydrogel")))
+    torch.testing.assert_close(draws["E_rel"], field / draws["E_hydrogel"][:, None, None], rtol=1e-5, atol=0)
+
+
+def test_phase_embedding_build_names_what_is_wrong():
+    with pytest.raises(ValueError, match="no amortized method 'nope'"):
+        oce.phase_embedding_build("nope")
+    with pytest.raises(ValueError, match="256 entries, the \\(8, 8\\) observation 64"):
+        oce.PhaseEmbedding(torch.zeros(256), torch.ones(256), 8, 4)
