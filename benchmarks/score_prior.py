@@ -227,7 +227,7 @@ def traveltime(args) -> list[dict]:
         problem = make(noise)
         post.attach(problem.model)
         v_val, y_val = problem.draw(2, seed=50)
-        zeta, zeta_table = choose_zeta(post, y_val, v_val, (1.0, 2.0, 5.0, 10.0, 20.0, 50.0), args, site="v")
+        zeta, zeta_table = choose_zeta(post, y_val, v_val, (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0), args, site="v")
         print(f"noise {noise}: zeta {zeta} from {zeta_table}", flush=True)
         scores = {"straight-ray": [], "dps": []}
         cover, sample_s = [], 0.0
