@@ -199,6 +199,33 @@ def apply_transforms(values: dict[str, Tensor], transforms: Mapping[str, Any], i
     return out
 
 
+def transform_log_det(values: Mapping[str, Tensor], transforms: Mapping[str, Any], layout: Layout) -> Tensor:
+    r"""log |d t(x) / d x| of the target transforms t, summed over each site's event: ``(*B,)``.
+
+    With it a density of the transformed target becomes one in site units,
+    log q(x) = log q'(t(x)) + log |t'(x)|: −log(x) per element for ``"log"``,
+    −log(x) − log(ln 10) for ``"log10"`` (the reference scale cancels).
+
+    Arguments:
+        values: Site → values ``(*B, *shape)`` in site units (positive where transformed).
+        transforms: Site → ``"log"``/``"log10"`` or ``(kind, reference)``.
+        layout: The target layout (the event shape of each site).
+    """
+    total: Tensor | None = None
+    for name, spec in transforms.items():
+        if name not in values:
+            continue
+        kind, _ = _parse(name, spec)
+        v = torch.as_tensor(values[name]).double()
+        event = len(layout.shapes[layout.names.index(name)])
+        term = -torch.log(v) - (math.log(math.log(10.0)) if kind == "log10" else 0.0)
+        term = term.sum(tuple(range(-event, 0))) if event else term
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("transform_log_det: no transformed site among the values")
+    return total
+
+
 def to_normalised(values: Mapping[str, Any], layout: Layout, transforms: Mapping[str, Any], x_norm: nn.Module,
                   device: torch.device | str = "cpu") -> Tensor:  # fmt: skip
     r"""Site values ``(*B, *shape)`` in site units → the normalised flat ``(B, D)`` a network sees

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv._checks import as_observation, check_count, check_seed
-from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms, resolve_device
+from bayesinv.amortized.layout import Layout, Normalizer, apply_transforms, resolve_device, transform_log_det
 from bayesinv.amortized.method import AmortizedMethod, make_sampler_config
 from bayesinv.errors import ProblemError
 from bayesinv.idata import to_inference_data
@@ -357,10 +357,12 @@ class AmortizedPosterior:
             ``(*B,)`` log-densities (and their standard errors with ``with_error``).
         """
         scfg = self._density_config(options)
-        if self.transforms:
-            raise NotImplementedError("log_prob with target transforms is not supported")
         c, batch = self._condition_tensor(y)
         vals = {k: torch.as_tensor(np.asarray(values[k])).float() for k in self.target.names}
+        log_det = None
+        if self.transforms:  # the density of the transformed target, moved to site units by the Jacobian
+            log_det = transform_log_det(vals, self.transforms, self.target)
+            vals = apply_transforms(vals, self.transforms)
         x = self.x_norm(self.target.flatten(vals).to(self.device))
         lead = x.shape[:-1]
         x = x.reshape(-1, self.target.dim)
@@ -372,6 +374,8 @@ class AmortizedPosterior:
             gen = torch.Generator(device=self.device).manual_seed(check_seed(seed))
             lp, se = self.spec.log_prob(self, x, c, scfg, gen)
         lp = lp - torch.log(torch.abs(self.x_norm.scale)).sum()
+        if log_det is not None:
+            lp = lp + log_det.reshape(-1).to(lp)
         if with_error:
             return lp.reshape(lead).cpu(), se.reshape(lead).cpu()
         return lp.reshape(lead).cpu()
