@@ -321,6 +321,17 @@ def page_oce() -> list[str]:
             clip = ", clip=True" if res.get("clip") else ""
             rows.append(["reduced", f"cond_score ({r.get('train_steps', '?')} steps{clip})", f"{res['mean_rmse']:.3f} / {res['std_rmse']:.3f}",
                          f"{res['mean_rmse_vs_truth']:.3f}", _f(r.get("fit_time_s"), ".0f"), cite(d["meta"])])
+    for path in sorted(RESULTS.glob("oce_latent*.json")):  # the 7 parameters learnt, pushed forward to the field
+        d = json.loads(path.read_text())
+        for method, res in d["result"]["methods"].items():
+            rows.append(["reduced", f"{method}, latent target ({res.get('train_steps', '?')} steps, {d['result']['num_train']:,} pairs)",
+                         f"{res['mean_rmse']:.3f} / {res['std_rmse']:.3f}", f"{res['mean_rmse_vs_truth']:.3f}",
+                         _f(res.get("fit_time_s"), ".0f"), cite(d["meta"])])
+            if "importance" in res:
+                imp = res["importance"]
+                rows.append(["reduced", f"{method} as importance proposal, exact likelihood ({d['args']['importance']:,} simulations, ESS {imp['ess']:.0f})",
+                             f"{imp['mean_rmse']:.3f} / {imp['std_rmse']:.3f}", f"{imp['mean_rmse_vs_truth']:.3f}",
+                             _f(res.get("fit_time_s"), ".0f"), cite(d["meta"])])
     ref = _load("oce_reference")
     if ref:
         r = ref["result"]
@@ -416,7 +427,7 @@ def page_score_prior() -> list[str]:
         for r in d.get("deblurring", []):
             rows.append([r["problem"], f"{r['noise']:g}", f"{r['guidance']} ({r.get('step_rule', '')})", _f(r["mean_rmse_relative"]),
                          _f(r["sd_ratio"], ".2f"), "no" if not r.get("retrained") else "yes", cite(d["meta"])])
-        for r in d.get("imaging", []):
+        for r in d.get("imaging", []) + d.get("traveltime", []):
             cover = f", 90 % coverage {r['coverage_90']:.2f}" if r.get("coverage_90") is not None else ""
             rows.append([r.get("problem", "?"), f"{r.get('noise', float('nan')):g}", str(r.get("guidance", r.get("method", ""))),
                          _f(r.get("psnr"), ".2f") + " dB PSNR", _f(r.get("ssim"), ".3f") + " SSIM" + cover, "no", cite(d["meta"])])
