@@ -340,6 +340,13 @@ def cond_score(args) -> dict:
     return out
 
 
+def _field_errors(log_rel: np.ndarray, ref) -> dict:
+    r"""RMSE of the pixel-wise mean / sd of draws of E' ``(n, H, W)`` against a saved reference, and of the mean
+    against the truth."""
+    m, s = log_rel.mean(0), log_rel.std(0)
+    return {"mean_rmse": _rmse(m, ref["mean"]), "std_rmse": _rmse(s, ref["std"]), "mean_rmse_vs_truth": _rmse(m, ref["truth"])}
+
+
 def _compare_with_references(post, args, clip: bool) -> dict:
     r"""cond_score's pixel-wise posterior mean / sd of E' against the saved exact references."""
     rows = []
@@ -348,11 +355,8 @@ def _compare_with_references(post, args, clip: bool) -> dict:
         t0 = time.perf_counter()
         draws = post.sample(torch.as_tensor(ref["y"]), args.num_draws, seed=i, clip=clip)["E_rel"].double().numpy()
         sample_time = time.perf_counter() - t0
-        lr = np.log10(np.clip(draws, 1e-6, None))
-        m, s = lr.mean(0), lr.std(0)
-        row = {"seed": 100 + i, "mean_rmse": _rmse(m, ref["mean"]), "std_rmse": _rmse(s, ref["std"]),
-               "mean_rmse_vs_truth": _rmse(m, ref["truth"]), "ref_mean_rmse_vs_truth": _rmse(ref["mean"], ref["truth"]),
-               "sample_time_s": sample_time}
+        row = {"seed": 100 + i, **_field_errors(np.log10(np.clip(draws, 1e-6, None)), ref),
+               "ref_mean_rmse_vs_truth": _rmse(ref["mean"], ref["truth"]), "sample_time_s": sample_time}
         if "g_mean" in ref:
             row.update({"gauss_mean_rmse": _rmse(ref["g_mean"], ref["mean"]), "gauss_std_rmse": _rmse(ref["g_std"], ref["std"])})
         print(f"clip={clip} test {i}: mean RMSE {row['mean_rmse']:.4f}, std RMSE {row['std_rmse']:.4f}, vs truth "
@@ -409,9 +413,7 @@ def _importance_corrected(problem, post, ref, args, seed: int) -> dict:
                                num_samples=1000, num_proposals=args.importance, seed=seed, progress=False)  # fmt: skip
     post_ = idata.posterior
     lr = _log_rel(post_["E"].values.reshape(-1, 64, 64), post_["E_hydrogel"].values.reshape(-1))
-    m, sd = lr.mean(0), lr.std(0)
-    res = {"ess": float(idata.sample_stats["ess"]), "mean_rmse": _rmse(m, ref["mean"]), "std_rmse": _rmse(sd, ref["std"]),
-           "mean_rmse_vs_truth": _rmse(m, ref["truth"]), "time_s": time.perf_counter() - t0}
+    res = {"ess": float(idata.sample_stats["ess"]), **_field_errors(lr, ref), "time_s": time.perf_counter() - t0}
     print(f"  flow + importance ({args.importance} simulations): ESS {res['ess']:.0f}, mean RMSE {res['mean_rmse']:.4f}, "
           f"std RMSE {res['std_rmse']:.4f}, vs truth {res['mean_rmse_vs_truth']:.4f}; {res['time_s']:.0f} s", flush=True)  # fmt: skip
     return res
@@ -446,11 +448,8 @@ def latent(args) -> dict:
             t0 = time.perf_counter()
             draws = post.sample(torch.as_tensor(ref["y"]), args.num_draws, seed=i, deterministic=True)
             sample_time = time.perf_counter() - t0
-            lr = np.log10(np.clip(draws["E_rel"].double().numpy(), 1e-6, None))
-            m, sd = lr.mean(0), lr.std(0)
-            row = {"seed": 100 + i, "mean_rmse": _rmse(m, ref["mean"]), "std_rmse": _rmse(sd, ref["std"]),
-                   "mean_rmse_vs_truth": _rmse(m, ref["truth"]), "ref_mean_rmse_vs_truth": _rmse(ref["mean"], ref["truth"]),
-                   "sample_time_s": sample_time}
+            row = {"seed": 100 + i, **_field_errors(np.log10(np.clip(draws["E_rel"].double().numpy(), 1e-6, None)), ref),
+                   "ref_mean_rmse_vs_truth": _rmse(ref["mean"], ref["truth"]), "sample_time_s": sample_time}
             ratio = np.log10((draws["E_spheroid"] / draws["E_hydrogel"]).double().numpy())
             mine = {"width": draws["width"].double().numpy(), "log10_ratio": ratio,
                     "x": draws["center"][:, 0].double().numpy(), "y": draws["center"][:, 1].double().numpy()}
@@ -469,7 +468,7 @@ def latent(args) -> dict:
             if args.importance and method == "flow":  # the exact wrapped-phase posterior, the flow as proposal
                 row["importance"] = _importance_corrected(problem, post, ref, args, seed=i)
             rows.append(row)
-        res = {"options": {k: v for k, v in options.items()}, "fit_time_s": fit_time, "train_steps": post.info.get("train_steps"),
+        res = {"options": dict(options), "fit_time_s": fit_time, "train_steps": post.info.get("train_steps"),
                "num_parameters": sum(p.numel() for p in post.net.parameters()), "tests": rows}
         for key in ("mean_rmse", "std_rmse", "mean_rmse_vs_truth", "ref_mean_rmse_vs_truth", "sample_time_s"):
             res[key] = float(np.mean([r[key] for r in rows]))

@@ -559,6 +559,12 @@ def phase_features(y: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.cos(y), torch.sin(y), dr, dc], -3)
 
 
+def _features_of_normalised(c: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    r"""Normalised flat conditions ``(*, n²)`` (the fit's ``c_norm``) → :func:`phase_features` ``(*, 4, n, n)`` of the phase in radians."""
+    y = c * scale.to(c.dtype) + shift.to(c.dtype)
+    return phase_features(y.reshape(*c.shape[:-1], n, n))
+
+
 class PhaseFeatureNet(torch.nn.Module):
     r"""cond_score's score network with the observation seen through :func:`phase_features` (a ``build=`` network).
 
@@ -581,8 +587,7 @@ class PhaseFeatureNet(torch.nn.Module):
     def features(self, c: torch.Tensor) -> torch.Tensor:
         r"""Normalised flat conditions ``(*, n²)`` → flat features ``(*, 4 n²)``."""
         n = self.image_size
-        y = c * self.c_scale.to(c.dtype) + self.c_shift.to(c.dtype)
-        return phase_features(y.reshape(*c.shape[:-1], n, n)).reshape(*c.shape[:-1], 4 * n * n)
+        return _features_of_normalised(c, self.c_shift, self.c_scale, n).reshape(*c.shape[:-1], 4 * n * n)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         return self.inner(x, self.features(c), level)
@@ -647,9 +652,7 @@ class PhaseEmbedding(torch.nn.Module):
         self.cnn = CNNEmbedding((4, n, n), self.out_dim, channels=tuple(channels), pool=pool)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        n = self.image_size
-        y = c * self.c_scale.to(c.dtype) + self.c_shift.to(c.dtype)
-        return self.cnn(phase_features(y.reshape(*c.shape[:-1], n, n)))
+        return self.cnn(_features_of_normalised(c, self.c_shift, self.c_scale, self.image_size))
 
 
 def phase_embedding_build(method: str = "flow", *, channels: tuple[int, ...] = (16, 32, 64), pool: str = "flatten"):
