@@ -28,3 +28,49 @@ def test_odd_sizes_and_bad_pool():
     assert CNNEmbedding((2, 57, 31), 4, pool="flatten")(torch.randn(3, 2, 57, 31)).shape == (3, 4)
     with pytest.raises(OptionError, match="pool must be 'mean' or 'flatten'"):
         CNNEmbedding((1, 8, 8), 4, pool="max")
+
+
+@pytest.mark.parametrize("method", ["flow", "vae"])
+def test_flow_and_vae_take_embed_pool_and_keep_it_when_saved(method, tmp_path):
+    import bayesinv
+
+    torch.manual_seed(0)
+    theta = torch.rand(64, 2)
+    y = torch.zeros(64, 1, 16, 16)
+    rows, cols = (theta * 12).long().unbind(-1)
+    y[torch.arange(64), 0, rows, cols] = 1.0  # a bright pixel at the target's position
+
+    def model(obs=None):  # only the names and shapes matter: the fit reads the pairs
+        import pyro
+        import pyro.distributions as dist
+
+        c = pyro.sample("c", dist.Uniform(torch.zeros(2), torch.ones(2)).to_event(1))
+        return pyro.sample("y", dist.Normal(torch.zeros(1, 16, 16) + c.sum(-1)[..., None, None, None], 1.0).to_event(3), obs=obs)
+
+    post = bayesinv.fit(model, method=method, target="c", data={"c": theta, "y": y}, seed=0, progress=False,
+                        embedding="cnn", embed_pool="flatten", max_epochs=None, max_steps=2, batch_size=16)
+    cnns = [m for m in post.net.modules() if isinstance(m, CNNEmbedding)]
+    assert [m.pool for m in cnns] == ["flatten"]
+    loaded = bayesinv.load(post.save(tmp_path / "p.bayesinv"))
+    assert [m.pool for m in loaded.net.modules() if isinstance(m, CNNEmbedding)] == ["flatten"]
+    a = post.sample(y[0], 4, seed=1)["c"]
+    b = loaded.sample(y[0], 4, seed=1)["c"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # the loaded network is the same network
+
+
+@pytest.mark.parametrize("method", ["flow", "vae"])
+def test_embed_pool_is_checked_before_training(method):
+    import bayesinv
+
+    def model(obs=None):
+        import pyro
+        import pyro.distributions as dist
+
+        c = pyro.sample("c", dist.Normal(0.0, 1.0))
+        return pyro.sample("y", dist.Normal(c, 1.0), obs=obs)
+
+    with pytest.raises(OptionError, match="embed_pool"):
+        bayesinv.fit(model, method=method, target="c", num_simulations=32, embed_pool="max", seed=0, progress=False)
+    with pytest.raises(OptionError, match="embed_pool='flatten' needs embedding='cnn'"):
+        bayesinv.fit(model, method=method, target="c", num_simulations=32, embed_pool="flatten", embedding="mlp", seed=0,
+                     progress=False)

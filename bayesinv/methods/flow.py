@@ -68,6 +68,9 @@ class FlowConfig(train_options(TRAIN_DEFAULTS)):
         bins: Spline bins (NSF).
         embedding: ``None`` (the normalised y is the context), ``"mlp"``, ``"cnn"`` or ``"auto"``.
         embed_dim: The embedding size.
+        embed_pool: How the CNN embedding summarises its last feature map: ``"mean"`` (global
+            average pooling, shift invariant) or ``"flatten"`` (every position: for targets that
+            locate something, such as a geometry's parameters).
         alpha: Weight of the conditioning-network loss ‖H(y) − x‖² (multiscale only).
         scales: Number of scales (multiscale only).
     """
@@ -78,6 +81,7 @@ class FlowConfig(train_options(TRAIN_DEFAULTS)):
     bins: int = 8
     embedding: str | None = None
     embed_dim: int = 32
+    embed_pool: str = "mean"
     alpha: float = 0.0
     scales: int = 2
 
@@ -86,6 +90,11 @@ class FlowConfig(train_options(TRAIN_DEFAULTS)):
         if self.flow not in FLOWS:
             raise OptionError(f"FlowConfig: unknown flow {self.flow!r}; use one of {list(FLOWS)}")
         check_choice(self, "embedding", (None, "none", "auto", "mlp", "cnn"))
+        check_choice(self, "embed_pool", ("mean", "flatten"))
+        if self.embed_pool != "mean" and self.embedding not in ("cnn", "auto"):
+            raise OptionError(f"FlowConfig: embed_pool={self.embed_pool!r} needs embedding='cnn' (or 'auto'), got embedding={self.embedding!r}")
+        if self.embed_pool != "mean" and self.flow == "multiscale":
+            raise OptionError("FlowConfig: embed_pool applies to the CNN embedding of the vector flows, not flow='multiscale'")
         check_sizes(self, "hidden", empty=False)
         for name in ("num_transforms", "bins", "embed_dim", "scales"):
             check_int(self, name)

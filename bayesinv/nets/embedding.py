@@ -195,7 +195,7 @@ def mlp(dims: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequen
     return _mlp(dims, activation)
 
 
-def observation_embedding(kind: str | None, condition, dim: int, hidden: Sequence[int]) -> nn.Module | None:
+def observation_embedding(kind: str | None, condition, dim: int, hidden: Sequence[int], pool: str = "mean") -> nn.Module | None:
     r"""The observation embedding of the flow and the VAE.
 
     Arguments:
@@ -204,6 +204,7 @@ def observation_embedding(kind: str | None, condition, dim: int, hidden: Sequenc
         condition: The condition :class:`~bayesinv.amortized.layout.Layout`.
         dim: The embedding size.
         hidden: Hidden sizes of the MLP embedding.
+        pool: The CNN's pooling (:class:`CNNEmbedding`): ``"mean"`` or ``"flatten"``.
 
     Returns:
         The module, or ``None`` for no embedding.
@@ -225,5 +226,5 @@ def observation_embedding(kind: str | None, condition, dim: int, hidden: Sequenc
             )
         shape = condition.shapes[0]
         shape = (1, *shape) if len(shape) == 2 else shape
-        return nn.Sequential(nn.Unflatten(-1, shape), CNNEmbedding(shape, dim))
+        return nn.Sequential(nn.Unflatten(-1, shape), CNNEmbedding(shape, dim, pool=pool))
     raise ProblemError(f"embedding must be None, 'auto', 'mlp' or 'cnn', got {kind!r}")

@@ -29,6 +29,7 @@ class ConditionalFlow(nn.Module):
         embedding: ``None``, ``"mlp"`` or ``"cnn"``: how the condition is encoded.
         embed_dim: The embedding size.
         condition: The condition layout (for ``"cnn"``).
+        embed_pool: The CNN embedding's pooling, ``"mean"`` or ``"flatten"`` (position-aware).
 
     Example:
         >>> net = ConditionalFlow(3, 5)
@@ -38,12 +39,12 @@ class ConditionalFlow(nn.Module):
 
     def __init__(self, x_dim: int, c_dim: int, flow: str = "nsf", num_transforms: int = 3, hidden: Sequence[int] = (64, 64),
                  bins: int = 8, embedding: str | None = None, embed_dim: int = 32, embedding_hidden: Sequence[int] = (128,),
-                 condition: Layout | None = None):  # fmt: skip
+                 condition: Layout | None = None, embed_pool: str = "mean"):  # fmt: skip
         super().__init__()
         import zuko
 
         condition = condition or Layout(("y",), ((c_dim,),))
-        self.embedding = observation_embedding(embedding, condition, embed_dim, embedding_hidden) or nn.Identity()
+        self.embedding = observation_embedding(embedding, condition, embed_dim, embedding_hidden, pool=embed_pool) or nn.Identity()
         context = embed_dim if not isinstance(self.embedding, nn.Identity) else c_dim
         kw = dict(transforms=num_transforms, hidden_features=tuple(int(h) for h in hidden))
         if flow in ("nsf", "nsf_coupling"):
@@ -80,7 +81,8 @@ def flow_architecture(cfg: Any, target: Layout, condition: Layout) -> dict[str, 
             c_shape=list(condition.shapes[0]) if len(condition.names) == 1 else None,
         )  # fmt: skip
     return dict(x_dim=target.dim, c_dim=condition.dim, flow=cfg.flow, num_transforms=cfg.num_transforms, hidden=list(cfg.hidden),
-                bins=cfg.bins, embedding=cfg.embedding, embed_dim=cfg.embed_dim)  # fmt: skip
+                bins=cfg.bins, embedding=cfg.embedding, embed_dim=cfg.embed_dim,
+                **({"embed_pool": cfg.embed_pool} if getattr(cfg, "embed_pool", "mean") != "mean" else {}))  # fmt: skip
 
 
 def build_flow(architecture: Mapping[str, Any], condition: Layout | None = None) -> nn.Module:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from bayesinv.amortized.fit import train_stage
 from bayesinv.amortized.layout import Layout, saved_layout
 from bayesinv.amortized.method import check_choice, check_float, check_int, check_sizes
+from bayesinv.errors import OptionError
 from bayesinv.nets.embedding import mlp, observation_embedding
 
 __all__ = ["TwoStageVAE", "VAEOptions", "Stage1Loss", "Stage2Loss", "vae_architecture"]
@@ -28,6 +29,7 @@ class TwoStageVAE(nn.Module):
         regressor_hidden: Hidden sizes of the regression network f.
         embedding: ``None``, ``"mlp"`` or ``"cnn"``: an embedding of y before f.
         embed_dim: The embedding size.
+        embed_pool: The CNN embedding's pooling, ``"mean"`` or ``"flatten"``.
         condition: The condition layout (for ``"cnn"``).
 
     Example:
@@ -46,6 +48,7 @@ class TwoStageVAE(nn.Module):
         embedding: str | None = None,
         embed_dim: int = 32,
         condition: Layout | None = None,
+        embed_pool: str = "mean",
     ):
         super().__init__()
         hidden, regressor_hidden = tuple(hidden), tuple(regressor_hidden)
@@ -53,7 +56,7 @@ class TwoStageVAE(nn.Module):
         self.encoder = mlp([x_dim, *hidden, 2 * latent_dim], nn.SiLU)
         self.decoder = mlp([latent_dim, *hidden[::-1], x_dim], nn.SiLU)
         condition = condition or Layout(("y",), ((c_dim,),))
-        emb = observation_embedding(embedding, condition, embed_dim, (128,))
+        emb = observation_embedding(embedding, condition, embed_dim, (128,), pool=embed_pool)
         f_in = embed_dim if emb is not None else c_dim
         self.regressor = nn.Sequential(emb or nn.Identity(), mlp([f_in, *regressor_hidden, latent_dim], nn.SiLU))
         self.register_buffer("z_spread", torch.ones(latent_dim))
@@ -111,6 +114,7 @@ class VAEOptions:
         regressor_hidden: Hidden sizes of the regression network f.
         embedding: ``None``, ``"mlp"`` or ``"cnn"``: an embedding of y inside f.
         embed_dim: The embedding size.
+        embed_pool: The CNN embedding's pooling: ``"mean"`` (shift invariant) or ``"flatten"`` (position-aware).
         beta: Weight of the KL term of stage 1 (a Gaussian decoder of variance β/2 in
             normalised units; β = 1 shrinks low-dimensional targets strongly to their mean).
     """
@@ -120,6 +124,7 @@ class VAEOptions:
     regressor_hidden: tuple[int, ...] = (128, 128)
     embedding: str | None = None
     embed_dim: int = 32
+    embed_pool: str = "mean"
     beta: float = 0.1
 
     def check_vae(self) -> None:
@@ -127,6 +132,10 @@ class VAEOptions:
         check_int(self, "latent_dim", none=True)
         check_int(self, "embed_dim")
         check_choice(self, "embedding", (None, "none", "auto", "mlp", "cnn"))
+        check_choice(self, "embed_pool", ("mean", "flatten"))
+        if self.embed_pool != "mean" and self.embedding not in ("cnn", "auto"):
+            raise OptionError(f"{type(self).__name__}: embed_pool={self.embed_pool!r} needs embedding='cnn' (or 'auto'), "
+                              f"got embedding={self.embedding!r}")
         check_float(self, "beta", low=0.0)
         for name in ("hidden", "regressor_hidden"):
             check_sizes(self, name)
@@ -142,7 +151,8 @@ def vae_architecture(cfg: VAEOptions, target: Layout, condition: Layout) -> dict
     (``latent_dim`` ``None``: ``min(D, 32)``)."""
     k = cfg.latent_dim if cfg.latent_dim is not None else min(target.dim, 32)
     return dict(x_dim=target.dim, c_dim=condition.dim, latent_dim=k, hidden=list(cfg.hidden),
-                regressor_hidden=list(cfg.regressor_hidden), embedding=cfg.embedding, embed_dim=cfg.embed_dim)  # fmt: skip
+                regressor_hidden=list(cfg.regressor_hidden), embedding=cfg.embedding, embed_dim=cfg.embed_dim,
+                **({"embed_pool": cfg.embed_pool} if cfg.embed_pool != "mean" else {}))  # fmt: skip
 
 
 def _encode(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
