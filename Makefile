@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m ""

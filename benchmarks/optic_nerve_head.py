@@ -11,7 +11,8 @@ The prior figure (Figs. 4–5) is examples/optic_nerve_head.py.
 ``latent`` learns the 13 geometry and modulus sites (Tables 6–7) with a CNN embedding of the two-channel
 wave field and pushes each draw through the deterministic site ``mu`` (the model's own geometry), instead of
 learning the 64 × 64 field; ``--importance N`` adds the exact-likelihood importance correction with the fitted
-flow as the proposal (N simulations per test case).
+flow as the proposal (N simulations per test case). The panels of the first test case go to
+``benchmarks/results/optic_nerve_head_latent_panels[_<tag>].png``.
 
 Published-size run (a GPU): the paper's 12,000 pairs and Table 2's settings,
 ``python benchmarks/optic_nerve_head.py cond_score --num-train 12000 --num-test 10 --max-steps 200000
@@ -137,6 +138,19 @@ def field_row(mu: np.ndarray, draws: np.ndarray) -> dict:
             "coverage_90": float(((x >= lo90) & (x <= hi90)).mean()), "coverage_50": float(((x >= lo50) & (x <= hi50)).mean())}
 
 
+def panels(truth, u_real, draws, name: str) -> None:
+    r"""truth / measured u_R / three draws / mean / std / error of the normalised μ, as ``benchmarks/results/<name>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from _common import RESULTS
+    from bayesinv.diagnostics import plot_field_panels
+
+    fig = plot_field_panels(truth, u_real, draws[:3], draws.mean(0), draws.std(0), panel_size=2.6,
+                            titles={"truth": "true μ (normalised)", "measurement": "measured u_R (mm)"})
+    fig.savefig(RESULTS / f"{name}.png", dpi=70)
+
+
 def latent(args) -> None:
     r"""Learn the 13 latent sites with a CNN embedding of ``y``; the field draws are the model's push-forward."""
     import warnings
@@ -151,12 +165,18 @@ def latent(args) -> None:
     options = dict(embedding="cnn", embed_pool="flatten", embed_dim=args.embed_dim, num_transforms=5, hidden=(128, 128),
                    max_epochs=None, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine",
                    patience=None, val_fraction=0.05, transforms={k: "log" for k in onh.MODULI})
-    t0 = time.perf_counter()
-    post = bayesinv.fit(prob.model, method="flow", target=list(onh.PARAMETERS), data=data, seed=0, progress=None,
-                        device=args.device, **options)
-    fit_time = time.perf_counter() - t0
-    post.save(OUT / f"latent_flow_{args.num_train}_{args.max_steps}{'_' + args.tag if args.tag else ''}.bayesinv")
-    print(f"fit {fit_time:.0f} s, {post.info.get('train_steps')} steps", flush=True)
+    saved = OUT / f"latent_flow_{args.num_train}_{args.max_steps}{'_' + (args.reuse or args.tag) if (args.reuse or args.tag) else ''}.bayesinv"
+    if args.reuse:  # the posterior of an earlier run with tag ``--reuse`` and the same sizes
+        post = bayesinv.load(saved)
+        fit_time = float(post.info.get("fit_time_s", float("nan")))
+        print(f"loaded {saved}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        post = bayesinv.fit(prob.model, method="flow", target=list(onh.PARAMETERS), data=data, seed=0, progress=None,
+                            device=args.device, **options)
+        fit_time = time.perf_counter() - t0
+        post.save(saved)
+        print(f"fit {fit_time:.0f} s, {post.info.get('train_steps')} steps", flush=True)
     test = onh.OpticNerveHead()
     prior_mean = normalise(np.asarray(ds["mu"].values)).mean(0)
     rows = []
@@ -182,6 +202,9 @@ def latent(args) -> None:
               + (f"; importance ESS {row['importance']['ess']:.1f}, RMSE {row['importance']['rmse_mean_vs_truth']:.4f}, "
                  f"90 % {row['importance']['coverage_90']:.2f}" if args.importance else ""), flush=True)
         rows.append(row)
+        if i == 0:
+            panels(normalise(mu), y[0], normalise(draws["mu"].double().numpy()),
+                   f"optic_nerve_head_latent_panels{'_' + args.tag if args.tag else ''}")
     keys = ("rmse_mean_vs_truth", "prior_mean_rmse_vs_truth", "coverage_90", "coverage_50", "mean_std", "sample_time_s")
     result = {"num_train": args.num_train, "simulate_s": sim_time, "fit_time_s": fit_time, "options": options,
               "train_steps": post.info.get("train_steps"), **{k: float(np.mean([r[k] for r in rows])) for k in keys},
@@ -242,6 +265,8 @@ def main() -> None:
     parser.add_argument("--tag", default=None)
     parser.add_argument("--embed-dim", type=int, default=64, help="latent: the CNN embedding's size")
     parser.add_argument("--importance", type=int, default=0, help="latent: exact-likelihood importance proposals per test")
+    parser.add_argument("--reuse", default=None, metavar="TAG",
+                        help="latent: load the posterior saved by the run tagged TAG (same --num-train / --max-steps)")
     parser.add_argument("--simulate-only", action="store_true", help="latent: only simulate (or resume) the training set")
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--refinements", type=int, nargs="+", default=[1, 2, 3])
