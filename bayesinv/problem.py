@@ -809,7 +809,7 @@ def replay_deterministic(
     y: dict[str, torch.Tensor] | None = None,
     seed: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    r"""The deterministic sites ``names`` of ``n`` runs of the model with every latent site fixed, each run
+    r"""The deterministic sites ``names`` of ``n`` runs of the model with the latent sites before them fixed, each run
     stopped as soon as they are all computed: a simulator (or anything else) that comes later in the model is
     not run. The push-forward of latent draws to the fields they define (as Pyro's ``Predictive``, without
     its cost when the simulator follows the field).
@@ -817,7 +817,7 @@ def replay_deterministic(
     Arguments:
         problem: The traced problem.
         names: Deterministic site names.
-        fixed: Latent site → values ``(n, *shape)``: every latent site of the model.
+        fixed: Latent site → values ``(n, *shape)``: every latent site the model visits before the last of ``names``.
         n: The number of runs.
         y: A validated observation, for deterministic sites that follow an observed site.
         seed: Seed of the runs (``None``: the global RNG).

@@ -310,6 +310,29 @@ def test_infer_returns_deterministic_sites_and_refuses_a_partial_target():
         post.sample(np.float32(0.5), 3, deterministic=True)
 
 
+def test_deterministic_sites_before_an_untargeted_latent_are_pushed_forward():
+    # a field computed from the target, then a modelling-error latent the posterior does not learn (the
+    # dual-layer phantom's layout): the field is replayed from the drawn target alone, the simulator not run
+    calls = []
+
+    def field_then_error(y=None):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        s = pyro.deterministic("s", 2.0 * a)
+        b = pyro.sample("b", dist.Uniform(-0.1, 0.1))
+        calls.append(1)
+        late = pyro.deterministic("late", s + b)
+        return pyro.sample("y", dist.Normal(late, 0.1), obs=y)
+
+    post = bayesinv.fit(field_then_error, method="flow", target="a", num_simulations=100, hidden=(8,), max_epochs=None,
+                        max_steps=3, progress=False, seed=0)  # fmt: skip
+    assert post.deterministic_sites() == ("s",)
+    calls.clear()
+    out = post.sample(np.float32(0.5), 7, deterministic=True, seed=1)
+    assert set(out) == {"a", "s"} and not calls
+    torch.testing.assert_close(out["s"], 2.0 * out["a"])
+    assert set(post.infer(np.float32(0.5), num_samples=5, seed=1).posterior.data_vars) == {"a", "s"}
+
+
 @pytest.mark.filterwarnings("ignore:mcmc. R-hat:RuntimeWarning")  # 30 draws: only the sites are checked here
 @pytest.mark.parametrize("method, options", [
     ("importance", dict(num_proposals=2000)),

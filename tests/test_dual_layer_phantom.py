@@ -187,3 +187,87 @@ def test_homogeneous_shear_wave_travels_at_the_shear_speed(modulus):
     speed = np.polyfit(np.asarray(dlp.SNAPSHOTS)[away], peaks[away], 1)[0]
     c_s = math.sqrt(modulus / (2 * (1 + dlp.POISSON) * dlp.RHO))
     assert speed == pytest.approx(c_s, rel=0.1)  # seen: +5 % (pixel-quantised peaks, cylindrical spreading)
+
+
+def test_simulated_prior_is_the_marginal_of_prior_and_modelling_error():
+    # exp(simulated_log_prior) integrates to 1 over its support (midpoint rule), and its 1-D
+    # marginals match a histogram of s·E and h + d drawn from Table 9 and the modelling error
+    grids = [np.linspace(lo, hi, n + 1) for (lo, hi), n in zip(dlp.SIMULATED_SUPPORT, (120, 120, 60))]
+    mids = [0.5 * (g[1:] + g[:-1]) for g in grids]
+    cell = np.prod([np.diff(g)[0] for g in grids])
+    pts = np.stack(np.meshgrid(*mids, indexing="ij"), -1).reshape(-1, 3)
+    density = np.exp(dlp.simulated_log_prior(pts)).reshape(120, 120, 60)
+    assert abs(density.sum() * cell - 1.0) < 1e-2
+    rng = np.random.default_rng(0)
+    E = rng.uniform(1, 25, 400_000) * rng.uniform(0.8, 1.2, 400_000)
+    hist, _ = np.histogram(E, bins=grids[0], density=True)
+    marginal = density.sum((1, 2)) * np.diff(grids[1])[0] * np.diff(grids[2])[0]
+    assert np.max(np.abs(hist - marginal)) < 4e-3  # histogram noise at 400,000 draws: about 1e-3
+    assert np.isneginf(dlp.simulated_log_prior(np.array([[0.5, 5.0, 3.0], [5.0, 5.0, 3.9]]))).all()
+    assert np.isfinite(dlp.simulated_log_prior(np.array([[5.0, 5.0, 3.0]]), model_error=False)).all()
+
+
+def test_reference_matches_brute_force_importance_sampling_on_a_linear_forward_model():
+    # a linear forward model u(θ') = Σ θ'_k P_k on 2 × 6 × 6 pixels, noise set so that θ' is known to
+    # about 1.5 kPa / 0.15 mm (the modelling error's size): the reference's posterior means and sds of
+    # the labelled parameters and of the modelling errors against importance sampling from the joint
+    # prior (1,600,000 draws, ESS about 8,000). Tolerance: 4 Monte Carlo standard errors of the two
+    # (about 0.12 kPa for the moduli: drawing E | E' uniform instead of ∝ 1/E moves the means by 0.15).
+    rng = np.random.default_rng(1)
+    patterns = rng.normal(size=(3, 2, 6, 6))
+    patterns[2] *= 10.0
+    blurred = dlp._blur_np(patterns).reshape(3, -1)
+    sd = 1.5 / np.sqrt(np.linalg.inv(blurred @ blurred.T)[0, 0])
+    problem = dlp.DualLayerPhantom(noise_sd=float(sd), simulator=lambda p: None)
+    truth = np.array([12.0, 6.0, 2.9]) * np.array([1.1, 0.9, 1.0]) + np.array([0, 0, 0.1])
+    y = (truth @ blurred).reshape(2, 6, 6) + sd * rng.normal(size=(2, 6, 6))
+    ref = problem.reference(y, num_proposals=8000, num_samples=20000, search=16, seed=0,
+                            forward=lambda theta: np.tensordot(theta, patterns, 1))  # fmt: skip
+    assert ref.attrs["ess"] > 2000 and abs(ref.attrs["misfit"] - 1.0) < 0.5
+    n = 1_600_000
+    labelled = np.stack([rng.uniform(1, 25, n), rng.uniform(1, 25, n), rng.uniform(2.0, 3.6, n)], -1)
+    err = np.stack([rng.uniform(0.8, 1.2, n), rng.uniform(0.8, 1.2, n), rng.uniform(-0.2, 0.2, n)], -1)
+    sims = np.stack([labelled[:, 0] * err[:, 0], labelled[:, 1] * err[:, 1], labelled[:, 2] + err[:, 2]], -1)
+    log_w = np.concatenate([-0.5 * np.sum(((part @ blurred) - y.ravel()) ** 2, 1) / sd**2 for part in np.array_split(sims, 8)])
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    ess = 1.0 / np.sum(w**2)
+    assert ess > 4000
+    for j, name in enumerate(dlp.PARAMETERS + ("scale_top", "scale_bottom", "shift")):
+        values = (labelled if j < 3 else err)[:, j % 3]
+        mean = np.sum(w * values)
+        spread = np.sqrt(np.sum(w * (values - mean) ** 2))
+        draws = ref.posterior[name].values.ravel()
+        se = spread * np.sqrt(1.0 / ess + 1.0 / ref.attrs["ess"])
+        assert abs(draws.mean() - mean) < 4 * se, (name, draws.mean(), mean, se)
+        assert abs(draws.std() / spread - 1.0) < 0.1, (name, draws.std(), spread)
+    params = np.stack([ref.posterior[k].values.ravel() for k in dlp.PARAMETERS], -1)
+    np.testing.assert_allclose(ref.posterior["E"].values.reshape(-1, 6, 6), dlp.youngs_field(torch.as_tensor(params, dtype=torch.float32), 6).numpy(), rtol=1e-6)
+
+
+def test_reference_refuses_bad_arguments():
+    problem = dlp.DualLayerPhantom(simulator=lambda p: None)
+    y = np.zeros((10, dlp.GRID, dlp.GRID))
+    with pytest.raises(ProblemError, match=r"y must have shape \(10, 64, 64\)"):
+        problem.reference(np.zeros((10, 32, 32)))
+    with pytest.raises(ProblemError, match="num_proposals must be an integer >= 2"):
+        problem.reference(y, num_proposals=1)
+    with pytest.raises(ProblemError, match="restarts .3. cannot exceed the search points .2."):
+        problem.reference(y, search=2, restarts=3)
+    with pytest.raises(ProblemError, match="inflate must be a number >= 1"):
+        problem.reference(y, inflate=0.5)
+    with pytest.raises(ProblemError, match="non-finite"):
+        problem.reference(np.full((10, dlp.GRID, dlp.GRID), np.nan))
+
+
+@pytest.mark.slow
+def test_reference_on_the_finite_element_model_fits_to_the_noise_level():
+    # the first benchmark observation: χ² per pixel at the fit ≈ 1 (the noise), a usable ESS, and the
+    # truth inside the central 99 % of each labelled parameter's posterior
+    problem = dlp.DualLayerPhantom()
+    params, _, y = problem.draw(seed=1000)
+    ref = problem.reference(y, num_proposals=60, num_samples=1000, search=16, restarts=1, seed=0)
+    assert abs(ref.attrs["misfit"] - 1.0) < 0.02 and ref.attrs["ess"] > 20
+    for j, name in enumerate(dlp.PARAMETERS):
+        lo, hi = np.quantile(ref.posterior[name].values, [0.005, 0.995])
+        assert lo < params[j] < hi, (name, lo, params[j], hi)

@@ -138,11 +138,23 @@ class AmortizedPosterior:
         return self
 
     def deterministic_sites(self) -> tuple[str, ...]:
-        r"""The model's deterministic sites this posterior can compute (``()`` without a model, or
-        when the target misses a latent site: replaying would draw it from the prior)."""
-        if self.problem is None or not set(self.problem.latent) <= set(self.target.names):
+        r"""The model's deterministic sites this posterior can compute (``()`` without a model).
+
+        A deterministic site is computed by replaying the model with the drawn latents, so it is
+        available when every latent site the model visits before it is a target: one that comes
+        after a latent this posterior does not draw (e.g. a modelling-error site sampled after the
+        field) might depend on it and is left out, rather than filled with a prior draw.
+        """
+        if self.problem is None:
             return ()
-        return tuple(n for n in self.problem.deterministic if n not in self.target.names)
+        targets = set(self.target.names)
+        names = []
+        for name, site in self.problem.sites.items():  # in the order the model visits them
+            if site.kind == "latent" and name not in targets:
+                break
+            if site.kind == "deterministic" and name not in targets:
+                names.append(name)
+        return tuple(names)
 
     def _replay(self, values: dict[str, Tensor], y: Any, batch: tuple[int, ...], n: int, seed: int) -> dict[str, Tensor]:
         r"""``values`` with the model's deterministic sites computed from them, per observation."""
@@ -152,10 +164,12 @@ class AmortizedPosterior:
                 " after bayesinv.load, or pass model= to post.infer"
             )
         missing = [n for n in self.problem.latent if n not in self.target.names]
-        if missing:
+        deterministic = [n for n in self.problem.deterministic if n not in self.target.names]
+        if deterministic and not self.deterministic_sites():
             raise ProblemError(
                 f"deterministic sites are computed by replaying the model with the drawn latents, but this posterior"
-                f" does not draw the latent site(s) {missing}: fit with target= every latent site"
+                f" does not draw the latent site(s) {missing}, which the model visits before any of {deterministic}:"
+                f" fit with target= those latent sites too"
             )
         names = self.deterministic_sites()
         if not names:
@@ -167,7 +181,7 @@ class AmortizedPosterior:
             ys, _ = problem.check_y(y, allow_batch=True)
         out: dict[str, list[Tensor]] = {k: [] for k in names}
         for index in np.ndindex(*batch):
-            fixed = {k: values[k][index] for k in problem.latent}
+            fixed = {k: values[k][index] for k in problem.latent if k in values}
             obs = None if ys is None else {k: v[index] for k, v in ys.items()}
             run = replay_deterministic(problem, names, fixed, n, y=obs, seed=seed)  # stops before a later simulator
             for k in names:
@@ -278,7 +292,7 @@ class AmortizedPosterior:
             dims, coords: ArviZ dims and coordinates of the sites.
             model: The model, attached first (:meth:`attach`; for a loaded posterior).
             deterministic: Add the model's deterministic sites to ``posterior``: ``None`` (default)
-                whenever the model is known and the target holds every latent site; ``True``
+                whenever the model is known and it computes some (:meth:`deterministic_sites`); ``True``
                 insists (an error says why it cannot); ``False`` never.
             options: Sampling options of the method.
 
