@@ -524,8 +524,8 @@ class DualLayerPhantom:
         Returns:
             An :class:`arviz.InferenceData`: ``posterior`` with every latent site (the modelling
             errors as the ratios and shift between θ' and θ), ``E`` and ``mu``;
-            ``sample_stats["ess"]``; ``attrs``: ``fit`` (θ'*), ``laplace_sd`` (of θ' at the fit),
-            ``num_simulations``, ``misfit`` (χ² per pixel at the fit).
+            ``sample_stats["ess"]``; ``attrs``: ``fit_<site>`` (θ'*, per parameter), ``laplace_sd_<site>``
+            (of θ' at the fit), ``num_simulations``, ``misfit`` (χ² per pixel at the fit), ``ess``.
 
         Example:
             >>> params, E, y = phantom.draw(seed=1000)
@@ -619,7 +619,8 @@ class DualLayerPhantom:
             post, observed={"y": y}, sample_stats={"ess": np.float64(ess)}, method="reference", seed=seed,
             options={"num_proposals": num_proposals, "search": search, "restarts": restarts, "inflate": float(inflate)},
             dims=dims, coords=self.coords if dims else None,
-            attrs={"fit": theta(best.x).tolist(), "laplace_sd": laplace_sd.tolist(), "num_simulations": int(count[0]),
+            attrs={**{f"fit_{k}": float(v) for k, v in zip(PARAMETERS, theta(best.x))},
+                   **{f"laplace_sd_{k}": float(v) for k, v in zip(PARAMETERS, laplace_sd)}, "num_simulations": int(count[0]),
                    "misfit": float(2 * best.cost / y.size), "ess": ess, "num_proposals": num_proposals},
         )
 
