@@ -115,6 +115,8 @@ def cond_score(args) -> None:
         t0 = time.perf_counter()
         fields = post.sample(torch.as_tensor(y), args.num_draws, seed=i)["E"].double().numpy()
         sample_time = time.perf_counter() - t0
+        if i == 0:
+            panels(E, y, fields, f"dual_layer_phantom_cond_score_panels{'_' + args.tag if args.tag else ''}")
         row = {**_against_reference(name, _field_parameters(fields), fields), "sample_time_s": sample_time}
         print(f"  {name}: true {np.round(row['true'], 2).tolist()}, reference {np.round(row['reference_mean'], 2).tolist()}, "
               f"cond_score {np.round(row['mean'], 2).tolist()}; field mean/std RMSE vs reference "
@@ -164,6 +166,21 @@ def _field_parameters(fields: np.ndarray) -> np.ndarray:
         k = min(max(k, 1), len(z) - 1)
         out.append([profile[:k].mean(), profile[k:].mean(), 0.5 * (z[k - 1] + z[k])])
     return np.array(out)
+
+
+def panels(E: np.ndarray, y: np.ndarray, draws: np.ndarray, name: str) -> None:
+    r"""true E / the snapshot at 0.4 ms / three draws / mean / std / error of E (kPa), as ``benchmarks/results/<name>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from _common import RESULTS
+    from bayesinv.diagnostics import plot_field_panels
+
+    up = lambda a: a[..., ::-1, :]  # noqa: E731 - row 0 is the top of the specimen; the panels put row 0 at the bottom
+    fig = plot_field_panels(up(E), 1e3 * up(y[2]), up(draws[:3]), up(draws.mean(0)), up(draws.std(0)), panel_size=2.6,
+                            titles={"truth": "true E (kPa)", "measurement": "u_z at 0.4 ms (µm)"},
+                            suptitle="axis on the left, top surface up")
+    fig.savefig(RESULTS / f"{name}.png", dpi=70)
 
 
 def _reference_path(name: str) -> Path:
@@ -231,13 +248,19 @@ def latent(args) -> None:
                        batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine", patience=None, val_fraction=0.05,
                        transforms={"E_top": "log", "E_bottom": "log"})
         options.update(dict(num_transforms=5, hidden=(128, 128)) if method == "flow" else dict(hidden=(256, 256, 256)))
-        saved = OUT / f"latent_{method}_{args.num_train}_{args.max_steps}{'_' + args.tag if args.tag else ''}.bayesinv"
-        t0 = time.perf_counter()
-        post = bayesinv.fit(prob.model, method=method, target=list(dlp.PARAMETERS), data=data, seed=0, progress=None,
-                            device=args.device, **options)
-        fit_time = time.perf_counter() - t0
-        post.save(saved)
-        print(f"{method}: fit {fit_time:.0f} s, {post.info.get('train_steps')} steps, saved {saved}", flush=True)
+        tag = args.reuse or args.tag
+        saved = OUT / f"latent_{method}_{args.num_train}_{args.max_steps}{'_' + tag if tag else ''}.bayesinv"
+        if args.reuse:  # the posterior an earlier run with tag ``--reuse`` saved (same sizes): sampling only
+            post = bayesinv.load(saved).attach(prob.model)
+            fit_time = float(post.info.get("fit_time_s", float("nan")))
+            print(f"{method}: loaded {saved}", flush=True)
+        else:
+            t0 = time.perf_counter()
+            post = bayesinv.fit(prob.model, method=method, target=list(dlp.PARAMETERS), data=data, seed=0, progress=None,
+                                device=args.device, **options)
+            fit_time = time.perf_counter() - t0
+            post.save(saved)
+            print(f"{method}: fit {fit_time:.0f} s, {post.info.get('train_steps')} steps, saved {saved}", flush=True)
         rows = []
         for i, (name, params, E, y) in enumerate(tests):
             t0 = time.perf_counter()
@@ -250,6 +273,8 @@ def latent(args) -> None:
                   f"{np.round(row['sd_ratio'], 2).tolist()}; field mean/std RMSE vs reference {row['rmse_mean_vs_reference_kPa']:.3f}/"
                   f"{row['rmse_std_vs_reference_kPa']:.3f} kPa", flush=True)
             rows.append(row)
+            if i == 0:
+                panels(E, y, draws["E"].double().numpy(), f"dual_layer_phantom_latent_panels_{method}{'_' + args.tag if args.tag and args.tag != method else ''}")
         seeded = [r for r in rows if r["test"].startswith("seed_")]
         summary[method] = {
             "fit_time_s": fit_time, "options": {k: v for k, v in options.items() if k != "transforms"},
@@ -289,6 +314,7 @@ def main() -> None:
     parser.add_argument("--num-draws-reference", type=int, default=4000)
     parser.add_argument("--methods", nargs="+", default=["flow", "cond_score"], choices=("flow", "cond_score", "flow_matching", "vae"))
     parser.add_argument("--embed-dim", type=int, default=64)
+    parser.add_argument("--reuse", default=None, help="latent: load the posteriors an earlier run with this tag saved")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     set_threads(args.threads)
