@@ -94,7 +94,9 @@ def throughput(args) -> None:
                                                     "steps": steps, "solves_per_second": 1 / per})
 
 
-def cond_score(args) -> None:
+def _simulated(args):
+    r"""The problem, the training set ``out/dual_layer_phantom/joint_<num_train>.zarr`` (simulated once, then
+    loaded) and the seconds it took."""
     import bayesinv
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,13 @@ def cond_score(args) -> None:
                            chunk_size=min(50, args.num_train), progress=False, dims=prob.dims)
     sim_time = time.perf_counter() - t0
     print(f"{args.num_train} pairs in {sim_time:.0f} s (or loaded)", flush=True)
+    return prob, ds, sim_time
+
+
+def cond_score(args) -> None:
+    import bayesinv
+
+    prob, ds, sim_time = _simulated(args)
     options = dict(network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
                    batch_size=args.batch_size, max_epochs=None, max_steps=args.max_steps, lr=args.lr, patience=None)
     t0 = time.perf_counter()
@@ -234,12 +243,7 @@ def latent(args) -> None:
     r"""Learn (E_top, E_bottom, interface) with a CNN embedding of the ten snapshots; the field is the push-forward."""
     import bayesinv
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    prob = dlp.DualLayerPhantom(workers=args.workers)
-    t0 = time.perf_counter()
-    ds = bayesinv.simulate(prob.model, args.num_train, seed=0, path=OUT / f"joint_{args.num_train}.zarr",
-                           chunk_size=min(50, args.num_train), progress=False, dims=prob.dims)
-    sim_time = time.perf_counter() - t0
+    prob, ds, sim_time = _simulated(args)
     data = {k: torch.as_tensor(np.asarray(ds[k].values)) for k in (*dlp.PARAMETERS, "y")}
     tests = _tests(args.num_test)
     summary = {}

@@ -74,3 +74,32 @@ def test_embed_pool_is_checked_before_training(method):
     with pytest.raises(OptionError, match="embed_pool='flatten' needs embedding='cnn'"):
         bayesinv.fit(model, method=method, target="c", num_simulations=32, embed_pool="flatten", embedding="mlp", seed=0,
                      progress=False)
+
+
+@pytest.mark.parametrize("method", ["cond_score", "flow_matching"])
+def test_score_samplers_embed_each_observation_once(method, monkeypatch):
+    # the CNN embedding runs once per observation, not at every ODE step of every draw, and the
+    # draws are those of the network that embeds inside its forward pass (tolerance: float32 rounding)
+    from bayesinv.nets.score import CondScoreNet
+
+    import bayesinv
+    import pyro
+    import pyro.distributions as dist
+
+    def model(obs=None):
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        return pyro.sample("y", dist.Normal(torch.zeros(8, 8) + theta.sum(-1)[..., None, None], 1.0).to_event(2), obs=obs)
+
+    post = bayesinv.fit(model, method=method, target="theta", num_simulations=64, seed=0, progress=False, embedding="cnn",
+                        embed_dim=8, hidden=(16, 16), max_epochs=None, max_steps=2, batch_size=16)  # fmt: skip
+    y = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    calls = []
+    embedding = post.net.inner.embedding
+    handle = embedding.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    tight = dict(rtol=1e-7, atol=1e-7)  # adaptive ODE solvers: keep their step choices from amplifying rounding
+    fast = post.sample(y, 5, seed=3, **tight)["theta"]
+    handle.remove()
+    assert calls == [2]
+    monkeypatch.setattr(CondScoreNet, "embeds", lambda self: False)
+    slow = post.sample(y, 5, seed=3, **tight)["theta"]
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)

@@ -76,7 +76,7 @@ class ScoreMLP(nn.Module):
         in_dim = x_dim + self.y_dim + self.noise.out_dim + mask_dim
         self.net = _mlp([in_dim, *hidden, x_dim], activation)
 
-    def forward(self, x: Tensor, y: Tensor | None, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None, t: Tensor, mask: Tensor | None = None, embedded: bool = False) -> Tensor:
         r"""
         Arguments:
             x: Noised targets, with shape ``(*, x_dim)``.
@@ -94,7 +94,7 @@ class ScoreMLP(nn.Module):
         if self.y_dim:
             if y is None:
                 raise ValueError("ScoreMLP is conditional: pass y")
-            parts.append(_features(self.embedding(y) if self.embedding is not None else y, batch))
+            parts.append(_features(self.embedding(y) if self.embedding is not None and not embedded else y, batch))
         parts.append(self.noise(t))
         if self.mask_dim:
             if mask is None:
@@ -154,7 +154,7 @@ class ResidualScoreMLP(nn.Module):
         )  # fmt: skip
         self.out = nn.Linear(width, x_dim)
 
-    def forward(self, x: Tensor, y: Tensor | None, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None, t: Tensor, embedded: bool = False) -> Tensor:
         r"""
         Arguments:
             x: Noised targets, with shape ``(*, x_dim)``.
@@ -172,7 +172,7 @@ class ResidualScoreMLP(nn.Module):
         if self.y_dim:
             if y is None:
                 raise ValueError("ResidualScoreMLP is conditional: pass y")
-            parts.append(_features(self.embedding(y) if self.embedding is not None else y, batch))
+            parts.append(_features(self.embedding(y) if self.embedding is not None and not embedded else y, batch))
         h = self.inp(torch.cat(parts, dim=-1))
         for proj, block in zip(self.proj, self.blocks):
             h = h + block(h + proj(e))

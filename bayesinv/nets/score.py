@@ -120,12 +120,25 @@ class CondScoreNet(nn.Module):
     def sigma(self, level: Tensor) -> Tensor:
         return level if self.process is None else self.process.sigma(level)
 
-    def forward(self, x: Tensor, c: Tensor, level: Tensor) -> Tensor:
+    def embeds(self) -> bool:
+        r"""Whether the condition passes through an embedding that :meth:`features` can compute once
+        (an MLP network with an observation embedding)."""
+        return self.kind in ("mlp", "resmlp") and getattr(self.inner, "embedding", None) is not None
+
+    def features(self, c: Tensor) -> Tensor:
+        r"""The embedded conditions ``(*, F)`` of conditions ``(*, C)``, to pass to :meth:`forward` with
+        ``embedded=True``: a sampler embeds each observation once instead of at every step and draw."""
+        if not self.embeds():
+            raise ValueError("features() needs an MLP network with an observation embedding")
+        return self.inner.embedding((c - self.c_mean) / self.c_std)
+
+    def forward(self, x: Tensor, c: Tensor, level: Tensor, embedded: bool = False) -> Tensor:
         r"""
         Arguments:
             x: Noised targets ``(*, D)``.
-            c: Conditions ``(*, C)`` (normalised).
+            c: Conditions ``(*, C)`` (normalised), or with ``embedded=True`` their :meth:`features`.
             level: Time or noise level, 0-dim or ``(*)``.
+            embedded: ``c`` holds :meth:`features` (computed once per observation).
 
         Returns:
             The score ``(*, D)``.
@@ -140,12 +153,13 @@ class CondScoreNet(nn.Module):
             sigma = expand_like(self.sigma(level).expand(x.shape[:-1]), x)
             m = torch.ones_like(sigma) if self.process is None else expand_like(self.process.mean_scale(level).expand(x.shape[:-1]), x)
         x = (x - m * self.x_mean) / (m.square() * self.x_std.square() + sigma.square()).sqrt()
-        c = (c - self.c_mean) / self.c_std
-        if self.kind in ("mlp", "resmlp"):
-            out = self.inner(x, c, level)
+        if embedded:
+            out = self.inner(x, c, level, embedded=True)
+        elif self.kind in ("mlp", "resmlp"):
+            out = self.inner(x, (c - self.c_mean) / self.c_std, level)
         else:
             batch = x.shape[:-1]
-            c = c.expand(*batch, c.shape[-1])
+            c = ((c - self.c_mean) / self.c_std).expand(*batch, c.shape[-1])
             if self.grid_slices:
                 y = torch.cat([c[..., a:b].reshape(*batch, ch, *self.x_shape[1:]) for a, b, ch in self.grid_slices], -3)
             else:
