@@ -268,7 +268,8 @@ def latent(args) -> None:
         rows = []
         for i, (name, params, E, y) in enumerate(tests):
             t0 = time.perf_counter()
-            draws = post.sample(torch.as_tensor(y), args.num_draws, seed=i, deterministic=True)
+            extra = {k: v for k, v in (("sampler", args.sampler), ("clip", args.clip or None)) if v is not None}
+            draws = post.sample(torch.as_tensor(y), args.num_draws, seed=i, deterministic=True, **extra)
             sample_time = time.perf_counter() - t0
             theta = np.stack([draws[k].double().numpy() for k in dlp.PARAMETERS], -1)
             row = {**_against_reference(name, theta, draws["E"].double().numpy()), "sample_time_s": sample_time}
@@ -318,6 +319,8 @@ def main() -> None:
     parser.add_argument("--num-draws-reference", type=int, default=4000)
     parser.add_argument("--methods", nargs="+", default=["flow", "cond_score"], choices=("flow", "cond_score", "flow_matching", "vae"))
     parser.add_argument("--embed-dim", type=int, default=64)
+    parser.add_argument("--sampler", default=None, help="latent: the score methods' sampler (ode, sde, pc; default the fit's)")
+    parser.add_argument("--clip", action="store_true", help="latent: cond_score's clipped sampler")
     parser.add_argument("--reuse", default=None, help="latent: load the posteriors an earlier run with this tag saved")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -265,6 +265,24 @@ def test_injected_network_with_build():
         post.save("never-written.bayesinv")
 
 
+@pytest.mark.parametrize("method", ["cond_score", "flow_matching"])
+def test_injected_score_network_without_the_embedding_interface_samples(method):
+    # a network of the user's own (forward(x, c, level) only, no embeds/features): sampled as it is
+    class Plain(torch.nn.Module):
+        def __init__(self, d, c):
+            super().__init__()
+            self.lin = torch.nn.Linear(d + c + 1, d)
+
+        def forward(self, x, c, level):
+            level = torch.as_tensor(level, dtype=x.dtype).expand(x.shape[:-1])[..., None]
+            return self.lin(torch.cat([x, c.expand(*x.shape[:-1], c.shape[-1]), level], -1))
+
+    post = bayesinv.fit(LG.model, method=method, num_simulations=100, max_epochs=None, max_steps=2, progress=False,
+                        build=lambda cfg, pairs: Plain(pairs.target.dim, pairs.condition.dim))  # fmt: skip
+    draws = post.sample(observation(method), 3, seed=0)["theta"]
+    assert draws.shape == (3, 2) and torch.isfinite(draws).all()
+
+
 @pytest.mark.parametrize("method", LATENT)
 def test_deterministic_sites_from_latent_draws(method, posts, tmp_path):
     post, A = posts[method], LG.A.float()

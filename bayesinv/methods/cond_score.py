@@ -182,13 +182,14 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: CondS
     bounds = _clip_bounds(post) if scfg.clip else None
     process = make_process(spec) if bounds is not None else None
 
-    embedded = post.net.embeds()  # embed each observation once, not at every step of every draw
+    embedded = bool(getattr(post.net, "embeds", lambda: False)())  # embed each observation once, not at every step of every draw
     if embedded:
         with torch.no_grad():
             c = post.net.features(c)
+    flag = {"embedded": True} if embedded else {}  # a network of the user's own (build=) takes (x, c, level)
 
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
-        score = lambda x_, level: post.net(x_, c_chunk, level, embedded=embedded)  # noqa: E731
+        score = lambda x_, level: post.net(x_, c_chunk, level, **flag)  # noqa: E731
         if bounds is not None:
             score = thresholded_score(score, process, *bounds)
         return reverse_sample(sampler, score, x_chunk, spec, scfg, t_min=settings["t_min"], generator=generator)

@@ -121,13 +121,14 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: FlowM
     B, D, dev = c.shape[0], post.target.dim, post.device
     x = torch.randn((B * n, D), generator=generator, device=dev)
     owner = torch.arange(B, device=dev).repeat_interleave(n)
-    embedded = post.net.embeds()  # embed each observation once, not at every step of every draw
+    embedded = bool(getattr(post.net, "embeds", lambda: False)())  # embed each observation once, not at every step of every draw
     if embedded:
         with torch.no_grad():
             c = post.net.features(c)
+    flag = {"embedded": True} if embedded else {}  # a network of the user's own (build=) takes (x, c, level)
 
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
-        return flow_matching_ode(lambda v, t: post.net(v, c_chunk, t, embedded=embedded), x_chunk, **_tolerances(scfg))
+        return flow_matching_ode(lambda v, t: post.net(v, c_chunk, t, **flag), x_chunk, **_tolerances(scfg))
 
     out, nfe = map_rows(run, x, c, owner, chunk_rows(post.config["net"], scfg.chunk_size))
     return torch.cat(out).reshape(B, n, D), {"sampler": "ode", "nfe": nfe, "num_chunks": len(out)}
