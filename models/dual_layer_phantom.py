@@ -503,9 +503,9 @@ class DualLayerPhantom:
            then a bounded least-squares fit (SciPy's ``least_squares``, finite-difference Jacobian)
            of the blurred response to ``y`` from the ``restarts`` best, in φ = (log E'_top,
            log E'_bottom, h'); the lowest misfit wins.
-        2. **Propose**: the Laplace approximation N(φ*, (JᵀJ)⁻¹) of the likelihood at the fit,
+        2. **Propose**: the Laplace approximation :math:`N(\varphi^*, (J^T J)^{-1})` of the likelihood at the fit,
            its covariance × ``inflate``²; ``num_proposals`` draws.
-        3. **Weight**: w = p(y | θ') p(θ') |∂θ'/∂φ| / q(φ), the exact Gaussian likelihood of the
+        3. **Weight**: :math:`w = p(y \mid \theta')\, p(\theta')\, \lvert \partial\theta'/\partial\varphi \rvert / q(\varphi)`, the exact Gaussian likelihood of the
            blurred simulation (one solve per proposal); ``sample_stats["ess"]`` is their ESS.
         4. **Resample** ``num_samples`` θ' by the weights and draw θ | θ' for each.
 
@@ -524,7 +524,7 @@ class DualLayerPhantom:
         Returns:
             An :class:`arviz.InferenceData`: ``posterior`` with every latent site (the modelling
             errors as the ratios and shift between θ' and θ), ``E`` and ``mu``;
-            ``sample_stats["ess"]``; ``attrs``: ``fit_<site>`` (θ'*, per parameter), ``laplace_sd_<site>``
+            ``sample_stats["ess"]``; ``attrs``: ``fit_<site>`` (the fitted θ', per parameter), ``laplace_sd_<site>``
             (of θ' at the fit), ``num_simulations``, ``misfit`` (χ² per pixel at the fit), ``ess``.
 
         Example:
