@@ -437,11 +437,6 @@ def labelled_given_simulated(simulated: np.ndarray, rng: np.random.Generator, mo
     return np.concatenate([moduli, interface[:, None]], -1)
 
 
-def _blur_np(u: np.ndarray, fwhm: float = BLUR_FWHM) -> np.ndarray:
-    rows, cols = blur_matrix(u.shape[-2], fwhm), blur_matrix(u.shape[-1], fwhm)
-    return rows @ u @ cols.T
-
-
 class DualLayerPhantom:
     r"""The dual-layer phantom time-dependent elastography problem.
 
@@ -566,7 +561,7 @@ class DualLayerPhantom:
 
         def residual(phi: np.ndarray) -> np.ndarray:
             count[0] += 1
-            u = _blur_np(np.asarray(forward(theta(phi)), dtype=np.float64))
+            u = blur(torch.as_tensor(np.asarray(forward(theta(phi)), dtype=np.float64))).numpy()
             if u.shape != y.shape:
                 raise ProblemError(f"the forward model gives shape {u.shape}, y has {y.shape}")
             return ((u - y) / sd).ravel()

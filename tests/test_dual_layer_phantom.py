@@ -216,7 +216,7 @@ def test_reference_matches_brute_force_importance_sampling_on_a_linear_forward_m
     rng = np.random.default_rng(1)
     patterns = rng.normal(size=(3, 2, 6, 6))
     patterns[2] *= 10.0
-    blurred = dlp._blur_np(patterns).reshape(3, -1)
+    blurred = dlp.blur(torch.as_tensor(patterns)).numpy().reshape(3, -1)
     sd = 1.5 / np.sqrt(np.linalg.inv(blurred @ blurred.T)[0, 0])
     problem = dlp.DualLayerPhantom(noise_sd=float(sd), simulator=lambda p: None)
     truth = np.array([12.0, 6.0, 2.9]) * np.array([1.1, 0.9, 1.0]) + np.array([0, 0, 0.1])

@@ -50,6 +50,7 @@ __all__ = [
     "check_int",
     "check_float",
     "check_choice",
+    "embedded_conditions",
     "map_rows",
     "map_log_prob",
     "EXACT_MAX_DIM",
@@ -613,6 +614,20 @@ def split_options(method: AmortizedMethod, options: Mapping[str, Any]) -> tuple[
             f" options are {sorted(sample_names)}"
         )
     return ({k: v for k, v in options.items() if k in fit_names}, {k: v for k, v in options.items() if k in sample_names})
+
+
+def embedded_conditions(net: Any, c: Any) -> tuple[Any, dict]:
+    r"""A sampler's conditions ``(B, C)``, embedded once when the network can (``net.embeds()``), and the
+    keyword arguments to call it with: the embedding then runs once per observation, not at every
+    step of every draw. A network of the user's own (``build=``) without that interface is called
+    as ``net(x, c, level)`` on the raw conditions.
+    """
+    import torch
+
+    if not getattr(net, "embeds", lambda: False)():
+        return c, {}
+    with torch.no_grad():
+        return net.features(c), {"embedded": True}
 
 
 def map_rows(fn: Callable, x: Any, c: Any, owner: Any, chunk_size: int) -> tuple[list, int]:

@@ -163,15 +163,15 @@ class AmortizedPosterior:
                 "deterministic sites need the model, which a saved file does not hold: call post.attach(model)"
                 " after bayesinv.load, or pass model= to post.infer"
             )
-        missing = [n for n in self.problem.latent if n not in self.target.names]
+        names = self.deterministic_sites()
         deterministic = [n for n in self.problem.deterministic if n not in self.target.names]
-        if deterministic and not self.deterministic_sites():
+        if deterministic and not names:
+            missing = [n for n in self.problem.latent if n not in self.target.names]
             raise ProblemError(
                 f"deterministic sites are computed by replaying the model with the drawn latents, but this posterior"
                 f" does not draw the latent site(s) {missing}, which the model visits before any of {deterministic}:"
                 f" fit with target= those latent sites too"
             )
-        names = self.deterministic_sites()
         if not names:
             return values
         problem = self.problem

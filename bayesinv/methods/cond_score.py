@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.method import (
-    AmortizedMethod, NCSNOptions, ProcessOptions, ReverseOptions, ScoreNetOptions, check_choice, map_log_prob, map_rows,
+    AmortizedMethod, NCSNOptions, ProcessOptions, ReverseOptions, ScoreNetOptions, check_choice, embedded_conditions, map_log_prob, map_rows,
     register_amortized, train_options,
 )  # fmt: skip
 from bayesinv.diffusion import initial_draws, ncsn_loss, reverse_sample, score_loss, score_objective, thresholded_score
@@ -182,11 +182,7 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: CondS
     bounds = _clip_bounds(post) if scfg.clip else None
     process = make_process(spec) if bounds is not None else None
 
-    embedded = bool(getattr(post.net, "embeds", lambda: False)())  # embed each observation once, not at every step of every draw
-    if embedded:
-        with torch.no_grad():
-            c = post.net.features(c)
-    flag = {"embedded": True} if embedded else {}  # a network of the user's own (build=) takes (x, c, level)
+    c, flag = embedded_conditions(post.net, c)
 
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
         score = lambda x_, level: post.net(x_, c_chunk, level, **flag)  # noqa: E731

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesinv.amortized.method import (
-    EXACT_MAX_DIM, AmortizedMethod, ODEOptions, ScoreNetOptions, check_choice, check_float, check_int, map_log_prob, map_rows, register_amortized,
+    EXACT_MAX_DIM, AmortizedMethod, ODEOptions, ScoreNetOptions, check_choice, check_float, check_int, embedded_conditions, map_log_prob, map_rows, register_amortized,
     train_options, to_json,
 )  # fmt: skip
 from bayesinv.diffusion.loss import flow_matching_loss
@@ -121,11 +121,7 @@ def sample(post: Any, c: Tensor, n: int, generator: torch.Generator, scfg: FlowM
     B, D, dev = c.shape[0], post.target.dim, post.device
     x = torch.randn((B * n, D), generator=generator, device=dev)
     owner = torch.arange(B, device=dev).repeat_interleave(n)
-    embedded = bool(getattr(post.net, "embeds", lambda: False)())  # embed each observation once, not at every step of every draw
-    if embedded:
-        with torch.no_grad():
-            c = post.net.features(c)
-    flag = {"embedded": True} if embedded else {}  # a network of the user's own (build=) takes (x, c, level)
+    c, flag = embedded_conditions(post.net, c)
 
     def run(x_chunk: Tensor, c_chunk: Tensor) -> tuple[Tensor, int]:
         return flow_matching_ode(lambda v, t: post.net(v, c_chunk, t, **flag), x_chunk, **_tolerances(scfg))
