@@ -33,6 +33,8 @@ from bayesinv.errors import OptionError, SimulationError
 
 __all__ = ["ChunkMap", "check_client", "check_worker_processes"]
 
+#: How many times a chunk the scheduler cancelled (a worker died under it) is submitted again.
+_RESUBMITS = 3
 _THREADS_TTL = 5.0  # seconds between two look-ups of the cluster's size
 
 #: Inside a task run by :class:`ChunkMap` on a Dask worker: the option errors raised there (a
@@ -188,24 +190,41 @@ class ChunkMap:
                 if have is None or have[0] != t:
                     self._submit(i, t, a)
         _, future = self._futures.pop(index)
-        result, learned = self._result(index, future)
+        result, learned = self._result(index, tag, args, future)
         if self._vectorizable() is None and learned is not None:
             from bayesinv import problem as problem_module
 
             problem_module._VECTORIZABLE[id(self.problem.model)] = learned
         return result
 
-    def _result(self, index: int, future: Any) -> Any:
+    def _result(self, index: int, tag: Any, args: Any, future: Any) -> Any:
+        r"""The chunk's result. A chunk the scheduler cancelled because a worker died under it (its task
+        or the scattered problem forgotten with that worker) is submitted again, up to
+        :data:`_RESUBMITS` times; a chunk that kills every worker it runs on is an error."""
+        from concurrent.futures import CancelledError
+
         from distributed import KilledWorker
 
-        try:
-            return future.result()
-        except KilledWorker as exc:
-            raise SimulationError(
-                f"{self.label}: chunk {index} was lost with every Dask worker that ran it ({exc}); the chunks"
-                " committed so far are kept: run again to resume (a simulator that kills its process on some"
-                " inputs needs isolating: run it with timeout= or workers= in a local run to find them)"
-            ) from None
+        for attempt in range(_RESUBMITS + 1):
+            try:
+                return future.result()
+            except KilledWorker as exc:
+                raise SimulationError(
+                    f"{self.label}: chunk {index} was lost with every Dask worker that ran it ({exc}); the chunks"
+                    " committed so far are kept: run again to resume (a simulator that kills its process on some"
+                    " inputs needs isolating: run it with timeout= or workers= in a local run to find them)"
+                ) from None
+            except CancelledError as exc:
+                if attempt == _RESUBMITS:
+                    raise SimulationError(
+                        f"{self.label}: chunk {index} was cancelled by the Dask scheduler {_RESUBMITS + 1} times ({exc});"
+                        " the chunks committed so far are kept: run again to resume"
+                    ) from None
+                if self._problem_future is not None and self._problem_future.status != "finished":
+                    self._problem_future = None  # lost with the worker: scattered again by _submit
+                self._submit(index, tag, args)
+                _, future = self._futures.pop(index)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         r"""Cancels the chunks still in flight and releases the problem on the cluster."""

@@ -106,6 +106,27 @@ class _nothing:
         return False
 
 
+def test_a_chunk_the_scheduler_cancels_is_submitted_again(client, tmp_path, monkeypatch):
+    # a worker dying can make the scheduler cancel a chunk ("already forgotten") instead of
+    # rerunning it: the chunk is submitted again and the run ends as the local one
+    from bayesinv import _dask
+
+    n, chunk_size = 200, 50
+    local = bayesinv.simulate(blackbox_model, n, seed=3, chunk_size=chunk_size)
+    submit, cancelled = _dask.ChunkMap._submit, []
+
+    def cancel_the_first_of_each(self, index, tag, args):
+        submit(self, index, tag, args)
+        if index not in cancelled:  # each chunk's first submission is cancelled on the cluster
+            cancelled.append(index)
+            self.client.cancel([self._futures[index][1]])
+
+    monkeypatch.setattr(_dask.ChunkMap, "_submit", cancel_the_first_of_each)
+    remote = bayesinv.simulate(blackbox_model, n, seed=3, chunk_size=chunk_size, path=tmp_path / "c.zarr", client=client)
+    assert sorted(cancelled) == [0, 1, 2, 3]
+    _same(local, remote.load())
+
+
 def test_worker_killed_mid_chunk_is_redone(client, tmp_path, monkeypatch):
     n, chunk_size = 600, 50
     local = bayesinv.simulate(killing_model, n, seed=11, chunk_size=chunk_size)
