@@ -42,6 +42,7 @@ Published size (GPU; 5,000 draws × 6 = 30,000 pairs, 24,000 for training; Table
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -310,13 +311,23 @@ def mcmc(args) -> dict:
     return out
 
 
+def _feature_build(args) -> dict:
+    r"""``build=`` of ``--features`` (with ``--strain-windows``), or nothing."""
+    windows = tuple(getattr(args, "strain_windows", None) or ())
+    if windows and not getattr(args, "features", False):
+        raise SystemExit("--strain-windows needs --features")
+    if not getattr(args, "features", False):
+        return {}
+    return {"build": functools.partial(oce.phase_feature_build, strain_windows=windows) if windows else oce.phase_feature_build}
+
+
 def _options(args) -> dict:
     r"""cond_score fit options (keyword arguments of the public ``bayesinv.fit``)."""
     if getattr(args, "published", False):  # Table 2, § 4.2.3: NCSN, annealed Langevin
         return dict(network="unet", process="ncsn", sigma_1=120.0, sigma_L=0.01, num_levels=680, steps_per_level=5,
                     eps=5.7e-6, lr=1e-4, batch_size=32, max_steps=300_000, max_epochs=None, patience=None, val_fraction=0.2,
-                **({"build": oce.phase_feature_build} if getattr(args, "features", False) else {}))
-    extra = {"build": oce.phase_feature_build} if getattr(args, "features", False) else {}
+                **_feature_build(args))
+    extra = _feature_build(args)
     return dict(network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults), **extra,
                 batch_size=args.batch_size, max_epochs=None, max_steps=args.max_steps, lr=args.lr, ema_decay=args.ema,
                 patience=None, val_fraction=0.05, t_min=args.t_min, precision=getattr(args, "precision", "float32"))
@@ -569,6 +580,8 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true", help="full: sixfold augmentation of the training draws")
     parser.add_argument("--features", action="store_true",
                         help="cond_score/full: the network sees the wrapped phase through oce.phase_features (cos, sin, wrapped differences)")
+    parser.add_argument("--strain-windows", type=int, nargs="+", default=None,
+                        help="with --features: add oce.strain_ratio channels averaged over these odd window sizes (pixels)")
     parser.add_argument("--published", action="store_true", help="full: the Table 2 settings (GPU)")
     parser.add_argument("--simulate-only", action="store_true", help="full: only simulate (resumably) the training and test draws")
     parser.add_argument("--num-chains", type=int, default=4, help="mcmc: chains")

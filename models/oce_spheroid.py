@@ -91,6 +91,7 @@ __all__ = [
     "solve_unit_displacement",
     "phase_difference",
     "wrap_fraction",
+    "strain_ratio",
     "phase_features",
     "PhaseFeatureNet",
     "phase_feature_build",
@@ -542,41 +543,80 @@ def wrap_fraction(phase: Any) -> float:
 # ------------------------------------------------------------ wrapped-phase features
 
 
-def phase_features(y: torch.Tensor) -> torch.Tensor:
-    r"""Four wrap-invariant channels of wrapped phase images ``(*, n, n)`` (rad): ``(*, 4, n, n)``.
+def strain_ratio(y: torch.Tensor, window: int) -> torch.Tensor:
+    r"""The local vertical strain over the image's mean strain, from wrapped phase images ``(*, n, n)``: ``(*, n, n)``.
+
+    The vertical wrapped difference between neighbouring pixels,
+    d = arg exp(i (y[r+1, c] − y[r, c])), is the local strain times 4π n_r h / λ₀ plus
+    noise. Its phasor average over a ``window`` × ``window`` neighbourhood,
+    arg Σ exp(i d) (the vector strain estimator of phase-sensitive OCT, robust to the
+    noise wrapping d itself), divided by the same average over the whole image (the
+    applied strain, which the top displacement sets) is about 1 in the gel and below 1
+    in stiffer tissue: the stiffness contrast with the fringes and the load removed.
+    Wrap-invariant; the last row repeats the one before; edges average over the pixels
+    inside the image.
+
+    Arguments:
+        y: Wrapped phase (rad), ``(*, n, n)``.
+        window: Odd neighbourhood size in pixels (1: no averaging).
+    """
+    window = int(window)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"strain_ratio: window must be an odd number of pixels >= 1, got {window}")
+    d = wrap_phase(y[..., 1:, :] - y[..., :-1, :])
+    d = torch.cat([d, d[..., -1:, :]], -2)
+    batch, (n, m) = d.shape[:-2], d.shape[-2:]
+    z = torch.stack([torch.cos(d), torch.sin(d)], -3).reshape(-1, 2, n, m)
+    mean = z.mean((-2, -1))  # (B, 2): the image's phasor mean
+    if window > 1:
+        z = torch.nn.functional.avg_pool2d(z, window, stride=1, padding=window // 2, count_include_pad=False)
+    local = torch.atan2(z[:, 1], z[:, 0])
+    applied = torch.atan2(mean[:, 1], mean[:, 0])
+    applied = torch.where(applied < 0, applied.clamp(max=-1e-3), applied.clamp(min=1e-3))  # never 0
+    return (local / applied[:, None, None]).reshape(*batch, n, m)
+
+
+def phase_features(y: torch.Tensor, strain_windows: tuple[int, ...] = ()) -> torch.Tensor:
+    r"""Wrap-invariant channels of wrapped phase images ``(*, n, n)`` (rad): ``(*, 4 + len(strain_windows), n, n)``.
 
     cos y, sin y (continuous across the ±π jump of the raw phase) and the wrapped
     differences between neighbouring pixels along rows and columns,
     arg exp(i (y[r+1, c] − y[r, c])) and arg exp(i (y[r, c+1] − y[r, c])) (the last row /
     column repeats the one before). The vertical difference is the local strain times
     4π n_r h / λ₀ plus noise: the quantity that carries the stiffness contrast, which
-    the raw wrapped phase hides under fringes of the top displacement.
+    the raw wrapped phase hides under fringes of the top displacement. Each entry of
+    ``strain_windows`` adds a :func:`strain_ratio` channel averaged over that window.
     """
     dr = wrap_phase(y[..., 1:, :] - y[..., :-1, :])
     dc = wrap_phase(y[..., :, 1:] - y[..., :, :-1])
     dr = torch.cat([dr, dr[..., -1:, :]], -2)
     dc = torch.cat([dc, dc[..., :, -1:]], -1)
-    return torch.stack([torch.cos(y), torch.sin(y), dr, dc], -3)
+    return torch.stack([torch.cos(y), torch.sin(y), dr, dc, *(strain_ratio(y, w) for w in strain_windows)], -3)
 
 
-def _features_of_normalised(c: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
-    r"""Normalised flat conditions ``(*, n²)`` (the fit's ``c_norm``) → :func:`phase_features` ``(*, 4, n, n)`` of the phase in radians."""
+def _features_of_normalised(c: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n: int,
+                            strain_windows: tuple[int, ...] = ()) -> torch.Tensor:
+    r"""Normalised flat conditions ``(*, n²)`` (the fit's ``c_norm``) → :func:`phase_features` ``(*, C, n, n)`` of the phase in radians."""
     y = c * scale.to(c.dtype) + shift.to(c.dtype)
-    return phase_features(y.reshape(*c.shape[:-1], n, n))
+    return phase_features(y.reshape(*c.shape[:-1], n, n), strain_windows)
 
 
 class PhaseFeatureNet(torch.nn.Module):
     r"""cond_score's score network with the observation seen through :func:`phase_features` (a ``build=`` network).
 
     The condition the fit passes in is the min-max normalised wrapped phase (flat); it is
-    mapped back to radians, turned into the four feature channels and given to an
-    ordinary :class:`~bayesinv.nets.score.CondScoreNet` U-Net with four y channels.
+    mapped back to radians, turned into the feature channels (four, and one
+    :func:`strain_ratio` channel per entry of ``strain_windows``) and given to an
+    ordinary :class:`~bayesinv.nets.score.CondScoreNet` U-Net with that many y channels.
     Build it with :func:`phase_feature_build`.
     """
 
-    def __init__(self, inner: torch.nn.Module, shift: torch.Tensor, scale: torch.Tensor, image_size: int):
+    def __init__(self, inner: torch.nn.Module, shift: torch.Tensor, scale: torch.Tensor, image_size: int,
+                 strain_windows: tuple[int, ...] = ()):
         super().__init__()
         self.inner, self.image_size = inner, int(image_size)
+        self.strain_windows = tuple(int(w) for w in strain_windows)
+        self.channels = 4 + len(self.strain_windows)
         self.register_buffer("c_shift", torch.as_tensor(shift, dtype=torch.float32).reshape(-1))
         self.register_buffer("c_scale", torch.as_tensor(scale, dtype=torch.float32).reshape(-1))
 
@@ -585,16 +625,20 @@ class PhaseFeatureNet(torch.nn.Module):
         return self.inner.x_mean
 
     def features(self, c: torch.Tensor) -> torch.Tensor:
-        r"""Normalised flat conditions ``(*, n²)`` → flat features ``(*, 4 n²)``."""
+        r"""Normalised flat conditions ``(*, n²)`` → flat features ``(*, C n²)``."""
         n = self.image_size
-        return _features_of_normalised(c, self.c_shift, self.c_scale, n).reshape(*c.shape[:-1], 4 * n * n)
+        f = _features_of_normalised(c, self.c_shift, self.c_scale, n, self.strain_windows)
+        return f.reshape(*c.shape[:-1], self.channels * n * n)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         return self.inner(x, self.features(c), level)
 
 
-def phase_feature_build(cfg: Any, pairs: Any) -> PhaseFeatureNet:
+def phase_feature_build(cfg: Any, pairs: Any, *, strain_windows: tuple[int, ...] = ()) -> PhaseFeatureNet:
     r"""``build=`` for ``bayesinv.fit(method="cond_score", network="unet")`` on an OCE model: :class:`PhaseFeatureNet`.
+
+    ``strain_windows`` adds :func:`strain_ratio` channels (bind it with
+    ``functools.partial(phase_feature_build, strain_windows=(5, 9))``).
 
     Example:
         >>> post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=ds,
@@ -609,12 +653,17 @@ def phase_feature_build(cfg: Any, pairs: Any) -> PhaseFeatureNet:
         raise ValueError("phase_feature_build needs network='unet' (and, with process='ncsn', an explicit sigma_1)")
     if len(pairs.condition.names) != 1 or len(pairs.condition.shapes[0]) != 2:
         raise ValueError(f"phase_feature_build needs one (n, n) phase observation, got {dict(zip(pairs.condition.names, pairs.condition.shapes))}")
+    windows = tuple(int(w) for w in strain_windows)
+    bad = [w for w in windows if w < 1 or w % 2 == 0]
+    if bad:
+        raise ValueError(f"phase_feature_build: strain_windows must be odd pixel counts >= 1, got {bad}")
     _, settings = score_build(cfg, pairs, 0)
     n = int(pairs.condition.shapes[0][-1])
+    ch = 4 + len(windows)
     spec = dict(settings["net"])
-    spec.update(c_dim=4 * n * n, grid_slices=[[0, 4 * n * n, 4]])
+    spec.update(c_dim=ch * n * n, grid_slices=[[0, ch * n * n, ch]])
     inner = CondScoreNet(spec)
-    net = PhaseFeatureNet(inner, pairs.c_norm.shift, pairs.c_norm.scale, n)
+    net = PhaseFeatureNet(inner, pairs.c_norm.shift, pairs.c_norm.scale, n, windows)
     sub = pairs.c[: min(len(pairs.c), 2000)]
     with torch.no_grad():
         inner.set_statistics(pairs.x, net.features(sub.float()))

@@ -1,5 +1,6 @@
 r"""The OCE tumour-spheroid model: prior constraints, FEM, phase conversion and wrapping, augmentation, reference."""
 
+import functools
 import math
 
 import numpy as np
@@ -322,6 +323,37 @@ def test_phase_features_are_wrap_invariant():
     torch.testing.assert_close(d, small[:, 1:] - small[:, :-1], atol=1e-9, rtol=0)
 
 
+def test_strain_ratio_reads_the_local_strain_against_the_applied_one():
+    g = torch.Generator().manual_seed(2)
+    n = 32
+    rows = torch.arange(n, dtype=torch.float64)[:, None].expand(n, n)
+    # uniform strain: 0.4 rad per pixel down the rows, any offset, wrapped many times
+    ramp = -0.4 * rows + 3.0
+    r = oce.strain_ratio(wrap_phase(ramp), 5)
+    torch.testing.assert_close(r, torch.ones(n, n, dtype=torch.float64), atol=1e-9, rtol=0)
+    # half the strain in a band of rows 12-19 (a stiffer layer): the ratio there over the image's mean
+    slope = torch.where((rows >= 12) & (rows < 20), 0.2, 0.4)
+    phase = -torch.cumsum(slope, 0)
+    # the applied strain is the phasor mean of the 32 rows of differences (the last repeated): 24 of 0.4, 8 of 0.2
+    applied = math.atan2(24 * math.sin(0.4) + 8 * math.sin(0.2), 24 * math.cos(0.4) + 8 * math.cos(0.2))
+    r = oce.strain_ratio(wrap_phase(phase), 1)
+    assert float(r[14, 5]) == pytest.approx(0.2 / applied, rel=1e-6)
+    assert float(r[2, 5]) == pytest.approx(0.4 / applied, rel=1e-6)
+    # wrap-invariant, batched like the phase, and the averaging lowers the noise
+    noisy = phase + 0.3 * torch.randn(3, n, n, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(oce.strain_ratio(wrap_phase(noisy), 5), oce.strain_ratio(noisy + 4 * math.pi, 5), atol=1e-9, rtol=0)
+    assert oce.strain_ratio(noisy, 5).shape == (3, n, n)
+    err1 = (oce.strain_ratio(noisy, 1)[:, 2:8] - 0.4 / applied).std()
+    err5 = (oce.strain_ratio(noisy, 5)[:, 2:8] - 0.4 / applied).std()
+    assert float(err5) < 0.4 * float(err1)
+    f = oce.phase_features(wrap_phase(noisy), strain_windows=(1, 5))
+    assert f.shape == (3, 6, n, n)
+    torch.testing.assert_close(f[:, 5], oce.strain_ratio(noisy, 5), atol=1e-9, rtol=0)
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="odd number of pixels"):
+            oce.strain_ratio(noisy, bad)
+
+
 def test_located_model_is_the_reduced_posterior_in_other_coordinates():
     sim = lambda e: 0.5 + 0.01 * e  # noqa: E731  any simulator: the identity of the two densities holds for all
     problem = oce.OCESpheroid(64, variant="homogeneous", simulator=sim)
@@ -358,6 +390,15 @@ def test_cond_score_fits_with_phase_features():
     assert isinstance(post.net, oce.PhaseFeatureNet) and post.net.inner.c_dim == 4 * 64 * 64
     draws = post.sample(data["y"][0], 2, seed=0)["E_rel"]
     assert draws.shape == (2, 64, 64) and bool((draws > 0).all())
+    post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
+                        network="unet", base_channels=4, max_steps=3, max_epochs=None, batch_size=8, progress=False,
+                        device="cpu", build=functools.partial(oce.phase_feature_build, strain_windows=(5, 9)))
+    assert post.net.inner.c_dim == 6 * 64 * 64 and post.net.strain_windows == (5, 9)
+    assert post.sample(data["y"][0], 2, seed=0)["E_rel"].shape == (2, 64, 64)
+    with pytest.raises(ValueError, match="strain_windows must be odd"):
+        bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, network="unet", base_channels=4,
+                     max_steps=1, max_epochs=None, batch_size=8, progress=False, device="cpu",
+                     build=functools.partial(oce.phase_feature_build, strain_windows=(4,)))
 
 
 @pytest.mark.parametrize("method, options", [("flow", {"embedding": "cnn"}), ("cond_score", {"network": "mlp", "embedding": "mlp"})])
