@@ -318,7 +318,7 @@ def _feature_build(args) -> dict:
         raise SystemExit("--strain-windows needs --features")
     if not getattr(args, "features", False):
         return {}
-    return {"build": functools.partial(oce.phase_feature_build, strain_windows=windows) if windows else oce.phase_feature_build}
+    return {"build": functools.partial(oce.phase_feature_build, strain_windows=windows)}
 
 
 def _options(args) -> dict:

@@ -560,20 +560,35 @@ def strain_ratio(y: torch.Tensor, window: int) -> torch.Tensor:
         y: Wrapped phase (rad), ``(*, n, n)``.
         window: Odd neighbourhood size in pixels (1: no averaging).
     """
-    window = int(window)
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"strain_ratio: window must be an odd number of pixels >= 1, got {window}")
+    return _strain_ratios(_row_difference(y), _check_windows((window,), "strain_ratio: window"))[..., 0, :, :]
+
+
+def _check_windows(windows: Any, who: str) -> tuple[int, ...]:
+    windows = tuple(int(w) for w in windows)
+    bad = [w for w in windows if w < 1 or w % 2 == 0]
+    if bad:
+        raise ValueError(f"{who} must be odd (an odd number of pixels >= 1 per window), got {bad}")
+    return windows
+
+
+def _row_difference(y: torch.Tensor) -> torch.Tensor:
+    r"""arg exp(i (y[r+1, c] − y[r, c])) of ``(*, n, n)``, the last row repeated: ``(*, n, n)``."""
     d = wrap_phase(y[..., 1:, :] - y[..., :-1, :])
-    d = torch.cat([d, d[..., -1:, :]], -2)
+    return torch.cat([d, d[..., -1:, :]], -2)
+
+
+def _strain_ratios(d: torch.Tensor, windows: tuple[int, ...]) -> torch.Tensor:
+    r""":func:`strain_ratio` of the row differences ``d`` ``(*, n, n)`` for each window: ``(*, len(windows), n, n)``."""
     batch, (n, m) = d.shape[:-2], d.shape[-2:]
     z = torch.stack([torch.cos(d), torch.sin(d)], -3).reshape(-1, 2, n, m)
     mean = z.mean((-2, -1))  # (B, 2): the image's phasor mean
-    if window > 1:
-        z = torch.nn.functional.avg_pool2d(z, window, stride=1, padding=window // 2, count_include_pad=False)
-    local = torch.atan2(z[:, 1], z[:, 0])
     applied = torch.atan2(mean[:, 1], mean[:, 0])
-    applied = torch.where(applied < 0, applied.clamp(max=-1e-3), applied.clamp(min=1e-3))  # never 0
-    return (local / applied[:, None, None]).reshape(*batch, n, m)
+    applied = torch.where(applied < 0, applied.clamp(max=-1e-3), applied.clamp(min=1e-3))[:, None, None]  # never 0
+    out = []
+    for w in windows:
+        zw = torch.nn.functional.avg_pool2d(z, w, stride=1, padding=w // 2, count_include_pad=False) if w > 1 else z
+        out.append(torch.atan2(zw[:, 1], zw[:, 0]) / applied)
+    return torch.stack(out, 1).reshape(*batch, len(windows), n, m)
 
 
 def phase_features(y: torch.Tensor, strain_windows: tuple[int, ...] = ()) -> torch.Tensor:
@@ -587,11 +602,13 @@ def phase_features(y: torch.Tensor, strain_windows: tuple[int, ...] = ()) -> tor
     the raw wrapped phase hides under fringes of the top displacement. Each entry of
     ``strain_windows`` adds a :func:`strain_ratio` channel averaged over that window.
     """
-    dr = wrap_phase(y[..., 1:, :] - y[..., :-1, :])
+    dr = _row_difference(y)
     dc = wrap_phase(y[..., :, 1:] - y[..., :, :-1])
-    dr = torch.cat([dr, dr[..., -1:, :]], -2)
     dc = torch.cat([dc, dc[..., :, -1:]], -1)
-    return torch.stack([torch.cos(y), torch.sin(y), dr, dc, *(strain_ratio(y, w) for w in strain_windows)], -3)
+    f = torch.stack([torch.cos(y), torch.sin(y), dr, dc], -3)
+    if not strain_windows:
+        return f
+    return torch.cat([f, _strain_ratios(dr, _check_windows(strain_windows, "phase_features: strain_windows"))], -3)
 
 
 def _features_of_normalised(c: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n: int,
@@ -653,10 +670,7 @@ def phase_feature_build(cfg: Any, pairs: Any, *, strain_windows: tuple[int, ...]
         raise ValueError("phase_feature_build needs network='unet' (and, with process='ncsn', an explicit sigma_1)")
     if len(pairs.condition.names) != 1 or len(pairs.condition.shapes[0]) != 2:
         raise ValueError(f"phase_feature_build needs one (n, n) phase observation, got {dict(zip(pairs.condition.names, pairs.condition.shapes))}")
-    windows = tuple(int(w) for w in strain_windows)
-    bad = [w for w in windows if w < 1 or w % 2 == 0]
-    if bad:
-        raise ValueError(f"phase_feature_build: strain_windows must be odd pixel counts >= 1, got {bad}")
+    windows = _check_windows(strain_windows, "phase_feature_build: strain_windows")
     _, settings = score_build(cfg, pairs, 0)
     n = int(pairs.condition.shapes[0][-1])
     ch = 4 + len(windows)
