@@ -269,7 +269,7 @@ def page_elastography() -> list[str]:
         a = d["args"]
         for pt in d["points"]:
             rows.append([f"{a['noise']:g}", f"cond_score, target mu, U-Net {a['base_channels']} ch. {a.get('precision', 'float32')}, "
-                         f"{pt['budget_cpu_min']:g} CPU-min", f"{pt['mean_rmse']:.3f} ({d['published'][0]})",
+                         f"{pt['budget_cpu_min']:g} CPU-min" + (f" ({a['threads']} threads)" if a.get("threads", 1) > 1 else ""), f"{pt['mean_rmse']:.3f} ({d['published'][0]})",
                          f"{pt['std_rmse']:.3f} ({d['published'][1]})", "–", cite(d["meta"])])  # fmt: skip
     for path in sorted(RESULTS.glob("elastography_latent_*.json"), key=lambda p: float(p.stem.split("_")[-1]) if p.stem.split("_")[-1].replace(".", "").isdigit() else 9):
         d = json.loads(path.read_text())
