@@ -11,7 +11,10 @@ fields of cond_score's draws and of the importance-sampling reference (cached pe
 
 The learning rate is constant (with an EMA of the weights), so resuming at a larger budget is the same
 run as one that never stopped. Steps per budget are estimated from the CPU time per step measured so
-far; the budget actually spent is recorded.
+far; the budget actually spent is recorded. The training CPU time is the training loop's own
+(``post.info["train_cpu_s"]``), which the checkpoint carries: ``--resume`` continues a killed run from its
+last checkpoint with the CPU time exact. A checkpoint written before checkpoints carried it needs
+``--checkpoint-cpu-min`` (an estimate, recorded as one in the results file).
 
 Writes ``benchmarks/results/elastography_curve_<σ_η>[_<tag>].json`` after every budget and prints a
 table.
@@ -41,37 +44,43 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import bayesinv  # noqa: E402
-import bayesinv.amortized.fit as fit_module  # noqa: E402
 from _common import RESULTS, metadata, set_threads, write_results  # noqa: E402
+from bayesinv.amortized.training import read_checkpoint, write_checkpoint  # noqa: E402
 from bayesinv.models import elastography as el  # noqa: E402
 from elastography import OUT, PUBLISHED, normalise, training_pairs  # noqa: E402
 from elastography_latent import field_rmse, references  # noqa: E402
 
 
 def fit_to(problem, data, args, steps: int, checkpoint: Path, resume: bool):
-    r"""Trains (or resumes) to ``steps`` optimiser steps; returns the posterior and the CPU seconds spent in training."""
-    cpu = []
-    saved = fit_module.train
+    r"""Trains (or resumes) to ``steps`` optimiser steps; returns the posterior and the training loop's CPU seconds
+    so far (those of the checkpoint's earlier segments included)."""
+    post = bayesinv.fit(
+        problem.model, method="cond_score", target="mu", data=data, seed=0, progress=False, device="cpu",
+        network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
+        batch_size=args.batch_size, max_epochs=None, max_steps=steps, lr=args.lr, lr_schedule=None,
+        ema_decay=args.ema, patience=None, val_fraction=0.05, t_min=args.t_min, precision=args.precision,
+        checkpoint=checkpoint, resume=resume,
+    )  # fmt: skip
+    cpu = post.info.get("train_cpu_s")
+    if cpu is None:
+        raise SystemExit(f"{checkpoint} does not record its training CPU time: pass --checkpoint-cpu-min")
+    return post, float(cpu)
 
-    def timed(*a, **k):
-        c0 = time.process_time()
-        try:
-            return saved(*a, **k)
-        finally:
-            cpu.append(time.process_time() - c0)
 
-    fit_module.train = timed
-    try:
-        post = bayesinv.fit(
-            problem.model, method="cond_score", target="mu", data=data, seed=0, progress=False, device="cpu",
-            network="unet", base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
-            batch_size=args.batch_size, max_epochs=None, max_steps=steps, lr=args.lr, lr_schedule=None,
-            ema_decay=args.ema, patience=None, val_fraction=0.05, t_min=args.t_min, precision=args.precision,
-            checkpoint=checkpoint, resume=resume,
-        )  # fmt: skip
-    finally:
-        fit_module.train = saved
-    return post, sum(cpu)
+def checkpoint_state(checkpoint: Path, args) -> tuple[int, float, dict | None]:
+    r"""Steps and training CPU seconds of ``checkpoint``; for a checkpoint that predates CPU accounting, the
+    ``--checkpoint-cpu-min`` estimate is written into it (atomically) and returned as an estimate record."""
+    ck = read_checkpoint(checkpoint)
+    if "cpu" in ck and ck["cpu"] == ck["cpu"]:
+        if args.checkpoint_cpu_min is not None:
+            raise SystemExit(f"{checkpoint} records its CPU time ({ck['cpu'] / 60:.1f} min): drop --checkpoint-cpu-min")
+        return int(ck["step"]), float(ck["cpu"]), None
+    if args.checkpoint_cpu_min is None:
+        raise SystemExit(f"{checkpoint} (step {ck['step']}) predates CPU accounting: pass --checkpoint-cpu-min "
+                         "with the training CPU-minutes it holds (recorded as an estimate)")  # fmt: skip
+    ck["cpu"] = 60.0 * args.checkpoint_cpu_min
+    write_checkpoint(checkpoint, ck)
+    return int(ck["step"]), ck["cpu"], {"step": int(ck["step"]), "cpu_min": args.checkpoint_cpu_min, "note": args.estimate_note}
 
 
 def evaluate(post, problem, ref: dict, args) -> dict:
@@ -113,6 +122,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default=None)
     p.add_argument("--resume", action="store_true", help="continue this tag's run from its checkpoint and results file to larger budgets")
+    p.add_argument("--checkpoint-cpu-min", type=float, default=None,
+                   help="--resume from a checkpoint that predates CPU accounting: the training CPU-minutes it holds (an estimate)")
+    p.add_argument("--estimate-note", default="", help="how the --checkpoint-cpu-min estimate was made (recorded with it)")
     p.add_argument("--machine", default="2-core CPU, no GPU (shared with other jobs)")
     args = p.parse_args()
     if sorted(args.budgets) != list(args.budgets) or args.budgets[0] <= 0:
@@ -128,12 +140,21 @@ def main() -> None:
     name = f"elastography_curve_{args.noise:g}" + (f"_{args.tag}" if args.tag else "")
     out = {"meta": metadata(args.machine), "args": vars(args), "published": PUBLISHED.get(args.noise), "points": []}
     checkpoint = OUT / f"{name}.ckpt"
+    post = None
     done = json.loads((RESULTS / f"{name}.json").read_text()) if args.resume and (RESULTS / f"{name}.json").exists() else None
     if done is not None and done["points"] and checkpoint.exists():
-        # continue the run this tag's results file records: its checkpoint is at its last budget's steps
-        last = done["points"][-1]
-        out["points"], out["resumed_from"] = done["points"], done["meta"]
-        steps, cpu_total = int(last["train_steps"]), 60 * float(last["train_cpu_min"])
+        # continue the run this tag's results file records from its checkpoint (its last budget's steps, or later
+        # if the run was stopped between budgets): the checkpoint holds the steps and the CPU time spent
+        earlier = done.get("resumed_from", [])
+        out["points"], out["resumed_from"] = done["points"], [*(earlier if isinstance(earlier, list) else [earlier]), done["meta"]]
+        out["cpu_estimates"] = done.get("cpu_estimates", [])
+        steps, cpu_total, estimate = checkpoint_state(checkpoint, args)
+        if estimate is not None:
+            out["cpu_estimates"].append(estimate)
+        if steps < int(done["points"][-1]["train_steps"]):
+            raise SystemExit(f"{checkpoint} is at step {steps}, before the results file's last point: not this run's")
+        print(f"resuming at step {steps}, {cpu_total / 60:.1f} CPU-min of training"
+              + (" (estimated)" if estimate is not None else ""), flush=True)  # fmt: skip
     else:
         if args.resume:
             raise SystemExit(f"--resume: no checkpoint {checkpoint} with a results file {RESULTS / (name + '.json')} to continue")
@@ -146,14 +167,17 @@ def main() -> None:
         while cpu_total < 0.98 * budget * 60:
             per_step = cpu_total / steps
             target = steps + max(1, int((budget * 60 - cpu_total) / per_step))
-            post, cpu = fit_to(problem, data, args, target, checkpoint, True)
-            steps, cpu_total = post.info["train_steps"], cpu_total + cpu
+            post, cpu_total = fit_to(problem, data, args, target, checkpoint, True)
+            steps = post.info["train_steps"]
             print(f"  {steps} steps, {cpu_total / 60:.1f} CPU-min of training ({cpu_total / steps:.3f} CPU s per step)", flush=True)
+        if post is None:  # resumed past this budget already: the checkpoint's posterior, nothing trained
+            post, cpu_total = fit_to(problem, data, args, steps, checkpoint, True)
         path = OUT / f"{name}_{budget:g}min.bayesinv"
         post.save(path)
         res = evaluate(post, problem, ref, args)
         point = {"budget_cpu_min": budget, "train_cpu_min": cpu_total / 60, "train_steps": steps,
-                 "cpu_s_per_step": cpu_total / steps, "best_val_loss": post.info.get("best_val_loss"), "saved": str(path), **res}  # fmt: skip
+                 "cpu_s_per_step": cpu_total / steps, "best_val_loss": post.info.get("best_val_loss"), "saved": str(path),
+                 "cpu_includes_estimate": bool(out.get("cpu_estimates")), **res}  # fmt: skip
         out["points"].append(point)
         write_results(name, out)
         pub = PUBLISHED.get(args.noise, (float("nan"),) * 2)

@@ -515,8 +515,11 @@ def full(args) -> dict:
     post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
                         seed=0, progress=None, device=args.device, **_options(args))
     fit_time = time.perf_counter() - t0
-    print(f"fit on {int(data['E_rel'].shape[0])} pairs: {fit_time:.0f} s", flush=True)
     n = args.image_size
+    saved = OUT / (f"full_{n}" + (f"_{args.tag}" if args.tag else "") + ".pt")
+    # the trained weights outlive the evaluation (a network injected with build= has no .bayesinv file)
+    torch.save(post.net.state_dict(), saved)
+    print(f"fit on {int(data['E_rel'].shape[0])} pairs: {fit_time:.0f} s; saved {saved}", flush=True)
     ranks_area, ranks_mod, err, rows, summaries, true_summaries = [], [], [], [], [], []
     for i in range(args.num_test):
         y = torch.as_tensor(test["y"].values[i])

@@ -90,6 +90,23 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     assert again.steps == 40 and len(again.history["step"]) == 4  # nothing left to do
 
 
+def test_cpu_time_is_recorded_and_carried_across_resumes(tmp_path):
+    opts = dict(batch_size=32, lr=1e-3, eval_every=10, seed=3, restore_best=False, progress=False)
+    net, loss, data = dsm_setup()
+    path = tmp_path / "run.ckpt"
+    first = train(loss, net, data, max_steps=20, checkpoint_path=path, checkpoint_every=10, **opts)
+    assert math.isfinite(first.cpu_time) and first.cpu_time > 0
+    ck = torch.load(path, weights_only=True)
+    assert ck["cpu"] == pytest.approx(first.cpu_time, rel=0.5)  # written at step 20, just before the loop's end
+    resumed = train(loss, net, data, max_steps=40, checkpoint_path=path, resume=True, **opts)
+    assert resumed.cpu_time > ck["cpu"]  # the first segment's CPU time carried, the new one added
+    # a checkpoint written before the loop recorded CPU time resumes with it unknown, never as zero
+    del ck["cpu"]
+    torch.save(ck, path)
+    older = train(loss, net, data, max_steps=30, checkpoint_path=path, resume=True, **opts)
+    assert older.steps == 30 and math.isnan(older.cpu_time)
+
+
 # -- checkpoints: fingerprints, start-up checks, atomic writes ----------------------------
 import os  # noqa: E402
 import subprocess  # noqa: E402

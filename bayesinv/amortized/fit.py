@@ -31,7 +31,7 @@ __all__ = ["INFO_KEYS", "check_fit_options", "fit_posterior", "seeded_rng", "inf
            "trained_model", "held_out", "choose_default_option", "train_stage"]  # fmt: skip
 
 #: The keys of ``post.info``, the same for every learned method.
-INFO_KEYS = ("num_simulations", "num_train_pairs", "seed", "fit_time_s", "train_time_s", "train_steps", "best_val_loss",
+INFO_KEYS = ("num_simulations", "num_train_pairs", "seed", "fit_time_s", "train_time_s", "train_cpu_s", "train_steps", "best_val_loss",
              "final_train_loss", "stopped_early")  # fmt: skip
 
 
@@ -102,6 +102,7 @@ def info_record(pairs: Pairs, seed: int, t0: float, results: list[TrainResult], 
         "seed": int(seed),
         "fit_time_s": time.perf_counter() - t0,
         "train_time_s": float(sum(r.wall_time for r in results)),
+        "train_cpu_s": _finite(float(sum(r.cpu_time for r in results))),
         "train_steps": int(sum(r.steps for r in results)),
         "best_val_loss": _finite(last.best_val),
         "final_train_loss": last.history["train_loss"][-1] if last.history["train_loss"] else None,

@@ -127,6 +127,8 @@ class TrainResult(NamedTuple):
         steps: Optimiser steps done, those of resumed runs included.
         wall_time: Seconds spent training, those of resumed runs included.
         stopped_early: Whether early stopping ended the run.
+        cpu_time: Process CPU seconds spent training, those of resumed runs included (NaN when the run
+            resumed from a checkpoint written before checkpoints recorded it).
     """
 
     model: nn.Module
@@ -136,6 +138,7 @@ class TrainResult(NamedTuple):
     steps: int
     wall_time: float
     stopped_early: bool = False
+    cpu_time: float = math.nan
 
 
 def _split(train_data: Sequence[Tensor], val_data, cfg: TrainConfig) -> tuple[tuple, tuple | None]:
@@ -347,7 +350,7 @@ def train(
     opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {"foreach": True}))
     gen = torch.Generator().manual_seed(cfg.seed)
     s: dict[str, Any] = dict(
-        step=0, perm=torch.randperm(n, generator=gen), pos=0, best_val=math.inf, bad=0, wall=0.0,
+        step=0, perm=torch.randperm(n, generator=gen), pos=0, best_val=math.inf, bad=0, wall=0.0, cpu=0.0,
         run_sum=0.0, run_n=0, stopped=False, best_model=None, best_ema=None,
         history={"step": [], "train_loss": [], "val_loss": [], "lr": []},
     )  # fmt: skip
@@ -374,7 +377,8 @@ def train(
         torch.set_rng_state(ck["rng_torch"])
         if device.type == "cuda" and ck.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ck["rng_cuda"], device)
-        s.update({k: ck[k] for k in s})
+        # "cpu" arrived after the first checkpoints: an older one resumes with the CPU time unknown (NaN), not 0
+        s.update({k: ck.get(k, math.nan) if k == "cpu" else ck[k] for k in s})
     ema = copy.deepcopy(module).requires_grad_(False).eval() if cfg.ema_decay is not None else None
     if ema is not None and ck is not None and ck["ema"] is not None:
         ema.load_state_dict(ck["ema"])
@@ -397,7 +401,7 @@ def train(
 
     bar = progress_bar(total, "train", cfg.progress, unit="steps", initial=s["step"])  # a bar, or log lines without a terminal
     run_sum = torch.tensor(s["run_sum"], device=device)
-    start = time.perf_counter() - s["wall"]
+    start, cpu_start = time.perf_counter() - s["wall"], time.process_time() - s["cpu"]
     first_step, first_time = s["step"], time.perf_counter()
     perm_dev = None
     module.train()
@@ -448,14 +452,14 @@ def train(
                 s["history"][key].append(value)
             bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
         if s["step"] % ckpt_every == 0 or s["step"] == total or s["stopped"]:
-            s["wall"], s["run_sum"] = time.perf_counter() - start, run_sum.item()
+            s["wall"], s["cpu"], s["run_sum"] = time.perf_counter() - start, time.process_time() - cpu_start, run_sum.item()
             checkpoint()
     bar.close()
-    s["wall"] = time.perf_counter() - start
+    s["wall"], s["cpu"] = time.perf_counter() - start, time.process_time() - cpu_start
 
     if cfg.restore_best and s["best_model"] is not None:
         module.load_state_dict(s["best_model"])
         if ema is not None:
             ema.load_state_dict(s["best_ema"])
     best_val = s["best_val"] if val_data is not None else math.nan
-    return TrainResult(module, ema, s["history"], best_val, s["step"], s["wall"], s["stopped"])
+    return TrainResult(module, ema, s["history"], best_val, s["step"], s["wall"], s["stopped"], s["cpu"])

@@ -21,8 +21,8 @@ from typing import Any
 __all__ = ["PosteriorSummary", "summarize_posterior"]
 
 #: Training-record keys shown in their own fields (the rest go to ``extras``).
-_KNOWN = ("num_simulations", "num_train_pairs", "seed", "fit_time_s", "train_time_s", "train_steps", "best_val_loss",
-          "final_train_loss", "stopped_early", "epochs", "stop_reason", "calibration", "data", "data_path",
+_KNOWN = ("num_simulations", "num_train_pairs", "seed", "fit_time_s", "train_time_s", "train_cpu_s", "train_steps",
+          "best_val_loss", "final_train_loss", "stopped_early", "epochs", "stop_reason", "calibration", "data", "data_path",
           "data_digest", "data_hash")  # fmt: skip
 
 
@@ -44,6 +44,7 @@ class PosteriorSummary:
         stopping: Why training ended.
         fit_time_s: Wall time of the whole fit (simulation included), seconds.
         train_time_s: Wall time of the training loop, seconds.
+        train_cpu_s: Process CPU time of the training loop, seconds (``None`` when not recorded).
         calibration: A calibration record, when one was computed
             (:func:`~bayesinv.diagnostics.calibration.calibrate_posterior`).
         seed: The fit's seed.
@@ -64,6 +65,7 @@ class PosteriorSummary:
     stopping: str = "not recorded"
     fit_time_s: float | None = None
     train_time_s: float | None = None
+    train_cpu_s: float | None = None
     calibration: Any = None
     seed: int | None = None
     device: str | None = None
@@ -89,6 +91,8 @@ class PosteriorSummary:
             steps += f" ({self.epochs:,} epochs)"
         if self.train_time_s is not None:
             steps += f" in {_seconds(self.train_time_s)}"
+            if self.train_cpu_s is not None:
+                steps += f" ({_seconds(self.train_cpu_s)} CPU)"
         fit = f"fit {_seconds(self.fit_time_s)}" if self.fit_time_s is not None else ""
         lines.append("  training: " + ", ".join(p.strip() for p in (steps, fit, self.stopping) if p.strip()))
         loss = []
@@ -174,6 +178,7 @@ def summarize_posterior(post: Any) -> PosteriorSummary:
         stopping=stopping,
         fit_time_s=_finite(info.get("fit_time_s")),
         train_time_s=_finite(info.get("train_time_s")),
+        train_cpu_s=_finite(info.get("train_cpu_s")),
         calibration=info.get("calibration"),
         device=str(post.device) if getattr(post, "device", None) is not None else None,
         extras={k: v for k, v in info.items() if k not in _KNOWN},
