@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -67,11 +68,14 @@ def fit_to(problem, data, args, steps: int, checkpoint: Path, resume: bool):
     return post, float(cpu)
 
 
-def checkpoint_state(checkpoint: Path, args) -> tuple[int, float, dict | None]:
-    r"""Steps and training CPU seconds of ``checkpoint``; for a checkpoint that predates CPU accounting, the
-    ``--checkpoint-cpu-min`` estimate is written into it (atomically) and returned as an estimate record."""
+def checkpoint_state(checkpoint: Path, args, min_step: int) -> tuple[int, float, dict | None]:
+    r"""Steps and training CPU seconds of ``checkpoint`` (refused if before ``min_step``, the results file's last
+    point); for a checkpoint that predates CPU accounting, the ``--checkpoint-cpu-min`` estimate is written into it
+    (atomically) and returned as an estimate record."""
     ck = read_checkpoint(checkpoint)
-    if "cpu" in ck and ck["cpu"] == ck["cpu"]:
+    if int(ck["step"]) < min_step:
+        raise SystemExit(f"{checkpoint} is at step {ck['step']}, before the results file's last point: not this run's")
+    if math.isfinite(ck.get("cpu", math.nan)):
         if args.checkpoint_cpu_min is not None:
             raise SystemExit(f"{checkpoint} records its CPU time ({ck['cpu'] / 60:.1f} min): drop --checkpoint-cpu-min")
         return int(ck["step"]), float(ck["cpu"]), None
@@ -148,11 +152,9 @@ def main() -> None:
         earlier = done.get("resumed_from", [])
         out["points"], out["resumed_from"] = done["points"], [*(earlier if isinstance(earlier, list) else [earlier]), done["meta"]]
         out["cpu_estimates"] = done.get("cpu_estimates", [])
-        steps, cpu_total, estimate = checkpoint_state(checkpoint, args)
+        steps, cpu_total, estimate = checkpoint_state(checkpoint, args, int(done["points"][-1]["train_steps"]))
         if estimate is not None:
             out["cpu_estimates"].append(estimate)
-        if steps < int(done["points"][-1]["train_steps"]):
-            raise SystemExit(f"{checkpoint} is at step {steps}, before the results file's last point: not this run's")
         print(f"resuming at step {steps}, {cpu_total / 60:.1f} CPU-min of training"
               + (" (estimated)" if estimate is not None else ""), flush=True)  # fmt: skip
     else:
