@@ -532,7 +532,7 @@ def full(args) -> dict:
                         **_options(args))
     fit_time = time.perf_counter() - t0
     saved = OUT / f"{stem}.pt"
-    # the trained weights outlive the evaluation (a network injected with build= has no .bayesinv file)
+    # the trained weights outlive the evaluation (the checkpoint holds them too, and post.save would)
     torch.save(post.net.state_dict(), saved)
     info = getattr(post, "info", {})
     print(f"fit on {int(data['E_rel'].shape[0])} pairs: {fit_time:.0f} s this call, {info.get('train_steps')} steps, "

@@ -63,6 +63,7 @@ import torch
 import xarray as xr
 
 import bayesinv
+from bayesinv.amortized.custom import saveable_network
 from bayesinv.distributions import WrappedPhase, wrap_phase
 from bayesinv.models.elastography import TruncatedNormal
 
@@ -618,6 +619,7 @@ def _features_of_normalised(c: torch.Tensor, shift: torch.Tensor, scale: torch.T
     return phase_features(y.reshape(*c.shape[:-1], n, n), strain_windows)
 
 
+@saveable_network
 class PhaseFeatureNet(torch.nn.Module):
     r"""cond_score's score network with the observation seen through :func:`phase_features` (a ``build=`` network).
 
@@ -636,6 +638,19 @@ class PhaseFeatureNet(torch.nn.Module):
         self.channels = 4 + len(self.strain_windows)
         self.register_buffer("c_shift", torch.as_tensor(shift, dtype=torch.float32).reshape(-1))
         self.register_buffer("c_scale", torch.as_tensor(scale, dtype=torch.float32).reshape(-1))
+
+    def recipe(self) -> dict:
+        r"""What :meth:`from_recipe` needs to build this network again (``post.save``); the weights are saved apart."""
+        return {"inner": self.inner.spec, "image_size": self.image_size, "strain_windows": list(self.strain_windows)}
+
+    @classmethod
+    def from_recipe(cls, recipe: dict) -> "PhaseFeatureNet":
+        r"""The network of :meth:`recipe`, its normaliser buffers to be loaded from the file."""
+        from bayesinv.nets.score import CondScoreNet
+
+        n = int(recipe["image_size"])
+        windows = _check_windows(recipe.get("strain_windows") or (), "PhaseFeatureNet recipe: strain_windows")
+        return cls(CondScoreNet(recipe["inner"]), torch.zeros(n * n), torch.ones(n * n), n, windows)
 
     @property
     def x_mean(self) -> torch.Tensor:  # the samplers centre their start on it
@@ -661,7 +676,7 @@ def phase_feature_build(cfg: Any, pairs: Any, *, strain_windows: tuple[int, ...]
         >>> post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=ds,
         ...                     transforms={"E_rel": "log10"}, network="unet", build=phase_feature_build)
 
-    A posterior fitted with ``build=`` cannot be saved with ``post.save``.
+    A posterior fitted with it is saved and loaded like any other (``post.save``, ``bayesinv.load``).
     """
     from bayesinv.methods.cond_score import build as score_build
     from bayesinv.nets.score import CondScoreNet
@@ -684,6 +699,7 @@ def phase_feature_build(cfg: Any, pairs: Any, *, strain_windows: tuple[int, ...]
     return net
 
 
+@saveable_network
 class PhaseEmbedding(torch.nn.Module):
     r"""An observation embedding that sees the wrapped phase through :func:`phase_features`: a CNN on four channels.
 
@@ -712,7 +728,19 @@ class PhaseEmbedding(torch.nn.Module):
         if self.c_shift.numel() != n * n:
             raise ValueError(f"PhaseEmbedding: the normaliser has {self.c_shift.numel()} entries, the ({n}, {n}) observation {n * n}")
         self.out_dim = int(out_dim)
-        self.cnn = CNNEmbedding((4, n, n), self.out_dim, channels=tuple(channels), pool=pool)
+        self.channels, self.pool = tuple(int(c) for c in channels), pool
+        self.cnn = CNNEmbedding((4, n, n), self.out_dim, channels=self.channels, pool=pool)
+
+    def recipe(self) -> dict:
+        r"""What :meth:`from_recipe` needs to build this embedding again (``post.save``)."""
+        return {"image_size": self.image_size, "out_dim": self.out_dim, "channels": list(self.channels), "pool": self.pool}
+
+    @classmethod
+    def from_recipe(cls, recipe: dict) -> "PhaseEmbedding":
+        r"""The embedding of :meth:`recipe`, its normaliser buffers to be loaded from the file."""
+        n = int(recipe["image_size"])
+        return cls(torch.zeros(n * n), torch.ones(n * n), n, int(recipe["out_dim"]), channels=tuple(recipe["channels"]),
+                   pool=str(recipe["pool"]))
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         return self.cnn(_features_of_normalised(c, self.c_shift, self.c_scale, self.image_size))
@@ -733,7 +761,7 @@ def phase_embedding_build(method: str = "flow", *, channels: tuple[int, ...] = (
         ...                     target=["width", "ratio", "center", "E_spheroid", "E_hydrogel", "top_displacement"],
         ...                     build=phase_embedding_build("flow"))                       # doctest: +SKIP
 
-    A posterior fitted with ``build=`` cannot be saved with ``post.save``.
+    A posterior fitted with it is saved and loaded like any other (``post.save``, ``bayesinv.load``).
     """
     import importlib
 

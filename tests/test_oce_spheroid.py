@@ -401,8 +401,24 @@ def test_cond_score_fits_with_phase_features():
                      build=functools.partial(oce.phase_feature_build, strain_windows=(4,)))
 
 
+def test_phase_feature_network_is_saved_and_loaded(tmp_path):
+    sim = lambda e: 0.5 + 0.05 * torch.log(e)  # noqa: E731  a cheap stand-in for the FEM solve
+    problem = oce.OCESpheroid(64, variant="homogeneous", simulator=sim)
+    ds = bayesinv.simulate(problem.model, 32, seed=0, dims=problem.dims, progress=False)
+    data = {k: torch.as_tensor(ds[k].values) for k in ("E_rel", "y")}
+    post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
+                        network="unet", base_channels=4, channel_mults=(1,), max_steps=3, max_epochs=None, batch_size=8,
+                        progress=False, device="cpu", seed=0, build=functools.partial(oce.phase_feature_build, strain_windows=(3,)))
+    again = bayesinv.load(post.save(tmp_path / "features.bayesinv"))
+    assert isinstance(again.net, oce.PhaseFeatureNet) and again.net.strain_windows == (3,)
+    torch.testing.assert_close(again.net.c_shift, post.net.c_shift, rtol=0, atol=0)  # the normaliser came from the file
+    y = data["y"][0]
+    opts = dict(sampler="sde", steps=8)  # a short sampler: the test is the round trip
+    assert torch.equal(post.sample(y, 3, seed=1, **opts)["E_rel"], again.sample(y, 3, seed=1, **opts)["E_rel"])
+
+
 @pytest.mark.parametrize("method, options", [("flow", {"embedding": "cnn"}), ("cond_score", {"network": "mlp", "embedding": "mlp"})])
-def test_latent_route_with_the_phase_embedding(method, options):
+def test_latent_route_with_the_phase_embedding(method, options, tmp_path):
     sim = lambda e: 0.5 + 0.05 * torch.log(e)  # noqa: E731  a cheap stand-in for the FEM solve (u per unit top displacement)
     problem = oce.OCESpheroid(64, variant="homogeneous", simulator=sim)
     ds = bayesinv.simulate(problem.model, 64, seed=0, dims=problem.dims, progress=False)
@@ -424,6 +440,10 @@ def test_latent_route_with_the_phase_embedding(method, options):
     # the field is the model's deterministic site of the drawn parameters
     field = oce.homogeneous_field(64, *(draws[k] for k in ("width", "ratio", "center", "E_spheroid", "E_hydrogel")))
     torch.testing.assert_close(draws["E_rel"], field / draws["E_hydrogel"][:, None, None], rtol=1e-5, atol=0)
+    # saved and loaded like a named network: the same draws from the same seed
+    again = bayesinv.load(post.save(tmp_path / "latent.bayesinv"))
+    assert sum(isinstance(m, oce.PhaseEmbedding) for m in again.net.modules()) == 1
+    assert torch.equal(again.sample(data["y"][0], 5, seed=0)["width"], post.sample(data["y"][0], 5, seed=0)["width"])
 
 
 def test_phase_embedding_build_names_what_is_wrong():

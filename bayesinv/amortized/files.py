@@ -16,6 +16,10 @@ file read by :func:`bayesinv.io.read_posterior` only after checking it:
 
 and only then is the network built for real. Every failure is a
 :class:`~bayesinv.errors.PosteriorFileError` naming the problem.
+
+A network injected with ``build=`` is saved with the recipe of its registered classes
+(:mod:`bayesinv.amortized.custom`, settings key ``"custom_network"``) and goes through the same
+checks; a file can name only registered classes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from bayesinv.amortized.custom import network_recipe, rebuild_network
 from bayesinv.amortized.layout import Layout, Normalizer, check_transforms, resolve_device
 from bayesinv.errors import OptionError, PosteriorFileError, ProblemError
 
@@ -39,6 +44,15 @@ MAX_SITE_SIZE = 2**28
 _FLOOR = 1024
 #: The settings key of each method's network recipe (checked against the tensors).
 _NET_KEYS = ("net", "architecture")
+#: The settings key of the recipe of a ``build=`` network (:mod:`bayesinv.amortized.custom`).
+CUSTOM_KEY = "custom_network"
+
+
+def _rebuild(method: Any, config: Mapping) -> torch.nn.Module:
+    r"""The network of saved settings: the method's own, or the recipe of a ``build=`` network."""
+    if CUSTOM_KEY in config:
+        return rebuild_network(config[CUSTOM_KEY], method.rebuild, config)
+    return method.rebuild(config)
 
 
 def save_posterior(post: Any, path: Any) -> Any:
@@ -53,11 +67,9 @@ def save_posterior(post: Any, path: Any) -> Any:
     """
     from bayesinv.io import write_posterior
 
-    if not post.saveable:
-        raise ProblemError(
-            "this posterior's network was injected with build=, so a file could not rebuild it; save"
-            " post.net.state_dict() yourself, or fit with a named network to use post.save"
-        )
+    config = dict(post.config)
+    if not post.saveable:  # a build= network: saved when its classes are registered (bayesinv.amortized.custom)
+        config[CUSTOM_KEY] = network_recipe(post.net, lambda recipe: _skeleton(post.spec, {**post.config, CUSTOM_KEY: recipe}))
     meta = {
         "method": post.method,
         "target": post.target.to_json(),
@@ -65,7 +77,7 @@ def save_posterior(post: Any, path: Any) -> Any:
         "transforms": post.transforms,
         "observed": list(post.observed),
         "obs_keys": post.obs_keys,
-        "config": post.config,
+        "config": config,
         "info": post.info,
     }
     tensors = {f"net.{k}": v for k, v in post.net.state_dict().items()}
@@ -144,10 +156,10 @@ def _skeleton(method: Any, config: Mapping) -> torch.nn.Module:
     r"""The network of the settings without its weights' memory: on the meta device, or with large tensors there."""
     try:
         with torch.device("meta"):
-            return method.rebuild(config)
+            return _rebuild(method, config)
     except NotImplementedError:  # an operator without a meta kernel in the constructor
         with _LargeOnMeta():
-            return method.rebuild(config)
+            return _rebuild(method, config)
 
 
 def _check_state(expected: Mapping[str, Tensor], stored: Mapping[str, Tensor], what: str) -> None:
@@ -201,7 +213,7 @@ def load_posterior(meta: dict, tensors: dict, *, device: Any = "cpu"):
                     f" {dict(zip(layout.names, layout.shapes))} needs ({layout.dim},)"
                 )
     config = meta["config"]
-    recipe = {k: config[k] for k in _NET_KEYS if k in config}
+    recipe = {k: config[k] for k in (*_NET_KEYS, CUSTOM_KEY) if k in config}
     if not recipe:
         raise PosteriorFileError(f"meta config of method {method.name!r} has no network settings ({' or '.join(_NET_KEYS)})")
     missing = [k for k in method.saved_keys if k not in config]
@@ -226,7 +238,7 @@ def load_posterior(meta: dict, tensors: dict, *, device: Any = "cpu"):
         raise PosteriorFileError(f"the meta's settings do not describe a {method.name!r} network ({type(exc).__name__}: {exc})") from None
     _check_state(skeleton.state_dict(), net_state, "net")
     try:
-        net = method.rebuild(config)
+        net = _rebuild(method, config)
         net.load_state_dict(net_state)
     except Exception as exc:  # noqa: BLE001
         raise PosteriorFileError(f"the weights cannot be loaded into the {method.name!r} network ({type(exc).__name__}: {exc})") from None

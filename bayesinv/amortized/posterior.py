@@ -76,7 +76,8 @@ class AmortizedPosterior:
         config: The method's saved settings (JSON-able; the network is rebuilt from them).
         info: The training record (:data:`bayesinv.amortized.fit.INFO_KEYS`).
         device: Where the network lives.
-        saveable: ``False`` for a network injected with ``build=`` (it has no saved recipe).
+        saveable: ``False`` for a network injected with ``build=``: only its registered classes
+            (:func:`~bayesinv.amortized.custom.saveable_network`) let ``save`` rebuild it.
     """
 
     def __init__(
