@@ -531,9 +531,7 @@ def full(args) -> dict:
                         seed=0, progress=None, device=args.device, checkpoint=OUT / f"{stem}.ckpt", resume=True,
                         **_options(args))
     fit_time = time.perf_counter() - t0
-    saved = OUT / f"{stem}.pt"
-    # the trained weights outlive the evaluation (the checkpoint holds them too, and post.save would)
-    torch.save(post.net.state_dict(), saved)
+    saved = post.save(OUT / f"{stem}.bayesinv")  # bayesinv.load(saved) samples again without the data
     info = getattr(post, "info", {})
     print(f"fit on {int(data['E_rel'].shape[0])} pairs: {fit_time:.0f} s this call, {info.get('train_steps')} steps, "
           f"{info.get('train_time_s') or 0:.0f} s training in all; saved {saved}", flush=True)
