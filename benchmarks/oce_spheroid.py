@@ -31,6 +31,9 @@ Subcommands (each writes ``benchmarks/results/oce_<name>.json`` and prints a tab
 ``out/oce/full_<n>[_<tag>].ckpt``): the same command run again resumes instead of
 retraining, and a larger ``--max-steps`` continues the run (the learning rate is constant).
 
+- ``gel``: for the posterior a ``full --tag <tag>`` run saved (``out/oce/full_<n>_<tag>.bayesinv``), the RMS,
+  mean and share above 0.05 of the draws' E' over the true gel, in bands of distance from the true spheroid.
+
 Run (2-core CPU, shared; minutes as measured there):
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/oce_spheroid.py convergence
@@ -587,6 +590,33 @@ def full(args) -> dict:
     return out
 
 
+def gel(args) -> dict:
+    r"""The draws' error in the gel by distance from the true spheroid, for a posterior saved by ``full --tag <tag>``."""
+    from scipy.ndimage import distance_transform_edt
+
+    n = args.image_size
+    post = bayesinv.load(OUT / (f"full_{n}" + (f"_{args.tag}" if args.tag else "") + ".bayesinv"))
+    ds = bayesinv.data.open_data(OUT / f"full_{n}_{args.num_train}_{args.element_size:g}.zarr")
+    test = ds.isel(draw=slice(args.num_train, args.num_train + args.num_test))[["E_rel", "y"]].load()
+    bands = [(1, 2), (2, 4), (4, 8), (8, n)]
+    per = {b: [] for b in bands}
+    for i in range(args.num_test):
+        truth = np.log10(test["E_rel"].values[i])
+        draws = np.log10(np.clip(post.sample(torch.as_tensor(test["y"].values[i]), args.num_draws, seed=i)["E_rel"].double().numpy(),
+                                 1e-6, None))  # fmt: skip
+        is_gel = np.abs(truth) < 1e-6
+        dist = distance_transform_edt(is_gel)  # pixels to the nearest non-gel pixel
+        for lo, hi in bands:
+            v = draws[:, is_gel & (dist >= lo) & (dist < hi)]
+            per[(lo, hi)].append([float(np.sqrt((v**2).mean())), float(v.mean()), float((np.abs(v) > 0.05).mean())])
+    out = {}
+    for (lo, hi), rows in per.items():
+        rms, mean, share = np.mean(rows, 0).tolist()
+        out[f"{lo}-{hi}"] = {"rms": rms, "mean": mean, "share_above_0.05": share}
+        print(f"| gel {lo}-{hi} px from the spheroid | RMS {rms:.4f} | mean {mean:+.4f} | share abs(E') > 0.05 {share:.3f} |")
+    return {"bands_px": out, "num_test": args.num_test, "num_draws": args.num_draws}
+
+
 def _area(f: np.ndarray) -> float:
     r"""µm² of the window where abs(E') > 0.05 (the spheroid, read off a field)."""
     return float((np.abs(f) > 0.05).mean() * oce.WINDOW**2)
@@ -614,7 +644,7 @@ FULL_SUMMARIES = {"area": _area, "modulus": _modulus, "contrast": lambda f: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["convergence", "throughput", "wrap", "reference", "mcmc", "cond_score", "latent", "full"])
+    parser.add_argument("what", choices=["convergence", "throughput", "wrap", "reference", "mcmc", "cond_score", "latent", "full", "gel"])
     parser.add_argument("--num-draws", type=int, default=None)
     parser.add_argument("--element-sizes", type=float, nargs="+", default=[8.0, 4.0])
     parser.add_argument("--element-size", type=float, default=16.0,
@@ -660,7 +690,7 @@ def main() -> None:
     parser.add_argument("--reference-tag", default="rerun", help="latent: oce_reference_<tag>.json holds the exact parameter posteriors")
     args = parser.parse_args()
     if args.num_draws is None:
-        args.num_draws = {"convergence": 3, "throughput": 5, "wrap": 200, "full": 16}.get(args.what, 32)
+        args.num_draws = {"convergence": 3, "throughput": 5, "wrap": 200, "full": 16, "gel": 16}.get(args.what, 32)
     set_threads(args.threads)
     import logging
 
