@@ -511,9 +511,25 @@ def latent(args) -> dict:
     return out
 
 
+def _full_store(args) -> Path:
+    r"""The simulation store of the full-problem draws (training and held-out)."""
+    return OUT / f"full_{args.image_size}_{args.num_train}_{args.element_size:g}.zarr"
+
+
+def _full_stem(args) -> str:
+    r"""The name of a full-problem run's checkpoint, saved posterior and panels: ``full_<n>[_<tag>]``."""
+    return f"full_{args.image_size}" + (f"_{args.tag}" if args.tag else "")
+
+
+def _log_draws(post, y: np.ndarray, num: int, seed: int) -> np.ndarray:
+    r"""``num`` posterior draws of E' = log10(E / E_hydrogel) for the observation ``y``."""
+    draws = post.sample(torch.as_tensor(y), num, seed=seed)["E_rel"].double().numpy()
+    return np.log10(np.clip(draws, 1e-6, None))
+
+
 def full(args) -> dict:
     problem = oce.OCESpheroid(args.image_size, workers=args.workers, element_size=args.element_size)
-    path = OUT / f"full_{args.image_size}_{args.num_train}_{args.element_size:g}.zarr"
+    path = _full_store(args)
     t0 = time.perf_counter()
     ds = bayesinv.simulate(problem.model, args.num_train + args.num_test, seed=0, dims=problem.dims, path=path,
                            progress=False, chunk_size=250)
@@ -527,23 +543,21 @@ def full(args) -> dict:
         train = oce.augment(train)
     data = {k: torch.as_tensor(np.asarray(train[k].values)) for k in ("E_rel", "y")}
     t0 = time.perf_counter()
-    n = args.image_size
-    stem = f"full_{n}" + (f"_{args.tag}" if args.tag else "")
+    stem = _full_stem(args)
     # a checkpoint per run: a crash in the evaluation (or a kill) reruns without retraining
     post = bayesinv.fit(problem.model, method="cond_score", target="E_rel", data=data, transforms={"E_rel": "log10"},
                         seed=0, progress=None, device=args.device, checkpoint=OUT / f"{stem}.ckpt", resume=True,
                         **_options(args))
     fit_time = time.perf_counter() - t0
     saved = post.save(OUT / f"{stem}.bayesinv")  # bayesinv.load(saved) samples again without the data
-    info = getattr(post, "info", {})
+    info = post.info
     print(f"fit on {int(data['E_rel'].shape[0])} pairs: {fit_time:.0f} s this call, {info.get('train_steps')} steps, "
           f"{info.get('train_time_s') or 0:.0f} s training in all; saved {saved}", flush=True)
     names = list(FULL_SUMMARIES)
     ranks, err, rows, summaries, true_summaries, gel_noise = [], [], [], [], [], []
     for i in range(args.num_test):
-        y = torch.as_tensor(test["y"].values[i])
         truth = np.log10(test["E_rel"].values[i])
-        draws = np.log10(np.clip(post.sample(y, args.num_draws, seed=i)["E_rel"].double().numpy(), 1e-6, None))
+        draws = _log_draws(post, test["y"].values[i], args.num_draws, i)
         m = draws.mean(0)
         err.append(_rmse(m, truth))
         s_true = np.array([FULL_SUMMARIES[k](truth) for k in names])
@@ -559,7 +573,7 @@ def full(args) -> dict:
         print(f"test {i}: RMSE {err[-1]:.4f}, ranks {dict(zip(names, ranks[-1]))}, gel RMS of draws {gel_noise[-1]:.4f}",
               flush=True)
         if i == 0:
-            _panels(truth, test["y"].values[0], draws, f"oce_full_{n}_panels" + (f"_{args.tag}" if args.tag else ""))
+            _panels(truth, test["y"].values[0], draws, f"oce_full_{args.image_size}_panels" + (f"_{args.tag}" if args.tag else ""))
     prior_mean = np.log10(train["E_rel"].values[: args.num_train]).mean(0)  # the uninformed estimate, as a yardstick
     prior_err = float(np.mean([_rmse(prior_mean, np.log10(t)) for t in test["E_rel"].values]))
     ranks_arr = np.asarray(ranks)
@@ -594,16 +608,14 @@ def gel(args) -> dict:
     r"""The draws' error in the gel by distance from the true spheroid, for a posterior saved by ``full --tag <tag>``."""
     from scipy.ndimage import distance_transform_edt
 
-    n = args.image_size
-    post = bayesinv.load(OUT / (f"full_{n}" + (f"_{args.tag}" if args.tag else "") + ".bayesinv"))
-    ds = bayesinv.data.open_data(OUT / f"full_{n}_{args.num_train}_{args.element_size:g}.zarr")
+    post = bayesinv.load(OUT / f"{_full_stem(args)}.bayesinv")
+    ds = bayesinv.data.open_data(_full_store(args))
     test = ds.isel(draw=slice(args.num_train, args.num_train + args.num_test))[["E_rel", "y"]].load()
-    bands = [(1, 2), (2, 4), (4, 8), (8, n)]
+    bands = [(1, 2), (2, 4), (4, 8), (8, args.image_size)]
     per = {b: [] for b in bands}
     for i in range(args.num_test):
         truth = np.log10(test["E_rel"].values[i])
-        draws = np.log10(np.clip(post.sample(torch.as_tensor(test["y"].values[i]), args.num_draws, seed=i)["E_rel"].double().numpy(),
-                                 1e-6, None))  # fmt: skip
+        draws = _log_draws(post, test["y"].values[i], args.num_draws, i)
         is_gel = np.abs(truth) < 1e-6
         dist = distance_transform_edt(is_gel)  # pixels to the nearest non-gel pixel
         for lo, hi in bands:

@@ -29,7 +29,7 @@ from torch import nn
 
 from bayesinv.errors import PosteriorFileError, ProblemError
 
-__all__ = ["saveable_network", "registered_network", "network_recipe", "rebuild_network"]
+__all__ = ["saveable_network", "registered_network", "network_recipe", "rebuild_network", "state_differences"]
 
 _NETWORKS: dict[str, type] = {}
 
@@ -145,11 +145,11 @@ def rebuild_network(recipe: Any, rebuild: Callable[[Mapping], nn.Module], settin
     return net
 
 
-def _same_weights(a: nn.Module, b: nn.Module) -> list[str]:
-    sa, sb = a.state_dict(), b.state_dict()
-    diff = sorted(set(sa) ^ set(sb))
-    diff += [k for k in sa if k in sb and tuple(sa[k].shape) != tuple(sb[k].shape)]
-    return diff
+def state_differences(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    r"""The keys of ``expected`` missing from ``stored``, those of ``stored`` not expected, and those whose shapes differ."""
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    shapes = [k for k, v in expected.items() if k in stored and tuple(v.shape) != tuple(stored[k].shape)]
+    return missing, extra, shapes
 
 
 def network_recipe(net: nn.Module, skeleton: Callable[[dict], nn.Module]) -> dict:
@@ -184,7 +184,7 @@ def network_recipe(net: nn.Module, skeleton: Callable[[dict], nn.Module]) -> dic
         raise
     except Exception as exc:  # noqa: BLE001 - a recipe that does not build is the caller's bug, named here
         raise ProblemError(f"the build= network's recipe {recipe!r:.200} does not rebuild ({type(exc).__name__}: {exc})") from None
-    diff = _same_weights(net, rebuilt)
+    diff = [k for keys in state_differences(rebuilt.state_dict(), net.state_dict()) for k in keys]
     if diff:
         raise ProblemError(
             f"the build= network's recipe rebuilds a network with other weights ({diff[:5]}): its registered classes'"

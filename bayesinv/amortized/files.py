@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from bayesinv.amortized.custom import network_recipe, rebuild_network
+from bayesinv.amortized.custom import network_recipe, rebuild_network, state_differences
 from bayesinv.amortized.layout import Layout, Normalizer, check_transforms, resolve_device
 from bayesinv.errors import OptionError, PosteriorFileError, ProblemError
 
@@ -163,13 +163,12 @@ def _skeleton(method: Any, config: Mapping) -> torch.nn.Module:
 
 
 def _check_state(expected: Mapping[str, Tensor], stored: Mapping[str, Tensor], what: str) -> None:
-    missing = sorted(set(expected) - set(stored))
-    extra = sorted(set(stored) - set(expected))
+    missing, extra, shapes = state_differences(expected, stored)
     if missing or extra:
         raise PosteriorFileError(f"the stored {what} weights do not fit the network of the meta: missing {missing[:5]}, unexpected {extra[:5]}")
-    for k, v in expected.items():
-        if tuple(v.shape) != tuple(stored[k].shape):
-            raise PosteriorFileError(f"stored tensor {what}.{k} has shape {tuple(stored[k].shape)}, the network of the meta needs {tuple(v.shape)}")
+    if shapes:
+        k = shapes[0]
+        raise PosteriorFileError(f"stored tensor {what}.{k} has shape {tuple(stored[k].shape)}, the network of the meta needs {tuple(expected[k].shape)}")
 
 
 def load_posterior(meta: dict, tensors: dict, *, device: Any = "cpu"):
